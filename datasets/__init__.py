@@ -1,0 +1,5 @@
+"""Feature logs: the feature schema, Parquet reading and batching, synthetic and public data.
+
+Owns everything that touches data files. Knows nothing of models or of torch.distributed
+beyond the rank and world size it is told.
+"""

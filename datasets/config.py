@@ -1,0 +1,47 @@
+"""Data-side sections of the experiment YAML: ``data:`` (where and how to read) and
+``synthetic:`` (how ``python -m datasets.synthetic`` makes logs for this schema)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class DataConfig:
+    """Where the Parquet logs are and how they are batched.
+
+    ``train`` / ``eval``: a directory, a glob, or a single file (local path or pyarrow
+    filesystem URI). Every rank reads its own disjoint share of the rows.
+    """
+
+    train: Optional[str] = None
+    eval: Optional[str] = None
+    batch_size: int = 256
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
+
+
+@dataclass
+class SyntheticConfig:
+    """Shape of the synthetic logs written by ``python -m datasets.synthetic``."""
+
+    seed: int = 0
+    train_files: int = 4
+    eval_files: int = 2
+    eval_fraction: float = 0.2
+    row_group_size: int = 2000
+    task_correlation: float = 0.5  # 0: tasks share no latent signal, 1: identical latent signal
+    zipf_exponent: float = 1.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.task_correlation <= 1.0:
+            raise ValueError("task_correlation must be in [0, 1]")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError("eval_fraction must be in (0, 1)")
