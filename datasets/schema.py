@@ -142,7 +142,7 @@ class Schema:
             if task.space is not None:
                 gate = next((t for t in self.tasks if t.name == task.space), None)
                 if gate is None or gate.type != "binary" or gate is task:
-                    raise ValueError(f"task {task.name!r}: space {task.space!r} must name another binary task")
+                    raise ValueError(f"tasks.{task.name}.space: {task.space!r} must name another binary task")
 
     @property
     def task_names(self) -> list[str]:

@@ -40,7 +40,8 @@ def _describe(tp: Any) -> str:
 
 def _fail(source: str, key: str, message: str) -> ConfigError:
     where = f"{source}: " if source else ""
-    return ConfigError(f"{where}{key or '<top level>'}: {message}")
+    what = f"{key}: " if key else ""
+    return ConfigError(f"{where}{what}{message}")
 
 
 def _convert(tp: Any, value: Any, key: str, source: str) -> Any:

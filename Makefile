@@ -1,0 +1,54 @@
+# fusionrec: `make demo` and `make test` each work on a machine with only Python 3.11 and pip.
+#   make setup [DEVICE=cpu|cuda]   create .venv with the pinned stack (done by demo/test when missing)
+#   make demo                      synthetic logs -> 2-rank sharded training -> evaluation
+#   make test                      the test suite
+#   make lint                      ruff over the code
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+DEVICE ?= cpu
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(DEVICE)
+NPROC ?= 2
+DEMO_CONFIG ?= configs/demo.yaml
+DEMO_ROWS ?= 60000
+DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/$(DEVICE).txt requirements/runtime.txt requirements/torchrec.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/$(DEVICE).txt
+	# torchrec's wheel declares an unpinned fbgemm-gpu (the CUDA build): install it without deps.
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/torchrec.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . || $(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -c "from fusionrec.stack import check_stack; check_stack()"
+	@rm -f $(VENV)/.installed-*
+	touch $@
+
+$(DEMO_DATA)/.done: $(STAMP) $(DEMO_CONFIG)
+	rm -rf $(DEMO_DATA)
+	$(BIN)/python -m datasets.synthetic --config $(DEMO_CONFIG) --out $(DEMO_DATA) --rows $(DEMO_ROWS)
+	touch $@
+
+demo: $(DEMO_DATA)/.done
+	rm -rf $(DEMO_RUN)
+	$(BIN)/torchrun --nproc_per_node $(NPROC) --standalone -m pipeline.train --config $(DEMO_CONFIG) \
+		--train-data $(DEMO_DATA)/train --eval-data $(DEMO_DATA)/eval --run-dir $(DEMO_RUN)
+	$(BIN)/python -m pipeline.evaluate --config $(DEMO_CONFIG) --checkpoint $(DEMO_RUN) \
+		--data '$(DEMO_DATA)/eval/*.parquet' --out $(DEMO_RUN)/eval.json
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/python -m ruff check .
+
+clean:
+	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache

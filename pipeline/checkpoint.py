@@ -1,0 +1,126 @@
+"""Atomic, resharding checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout of a run dir::
+
+    RUN_DIR/checkpoints/step_00000400/      a complete checkpoint
+        *.distcp, .metadata                 DCP shards (model, optimizers, trainer state)
+        meta.json                           {"step", "samples_seen", "world_size", ...}
+        plan.json                           the sharding plan it was saved under
+        config.yaml                         the resolved experiment config
+    RUN_DIR/checkpoints/.tmp-step_00000400/ a save in progress (never loaded)
+
+A save writes under the ``.tmp-`` name and is published by one atomic rename once every
+rank has finished and ``meta.json`` is on disk, so a crash mid-save leaves the previous
+checkpoint as the newest complete one. Loading goes through DCP's resharding, so a
+checkpoint saved by N ranks loads into any world size and any plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import yaml
+
+PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+META = "meta.json"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    plan: list[dict],
+    config: dict,
+    keep_last: int,
+) -> Path:
+    """Collectively save ``state`` (a DCP state dict) as checkpoint ``step``; every rank calls.
+
+    Returns the published directory. Older checkpoints beyond ``keep_last`` are deleted
+    only after the new one is published.
+    """
+    root = checkpoint_dir(run_dir)
+    name = f"{PREFIX}{step:08d}"
+    tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    if _is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    dcp.save(state, checkpoint_id=str(tmp))
+    _barrier()
+    if _is_main():
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        _write_json(tmp / "plan.json", plan)
+        _write_json(tmp / META, {"step": step, **meta})
+        if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (published, with meta.json), oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(rf"{PREFIX}\d+", p.name) and (p / META).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_file = path / META
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not a complete fusionrec checkpoint (no {META})")
+    return json.loads(meta_file.read_text())
+
+
+def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls."""
+    read_meta(path)
+    dcp.load(state, checkpoint_id=str(path))

@@ -1,0 +1,174 @@
+"""Plan embedding tables onto ranks with TorchRec's planner and shard a model with DMP.
+
+Works on meta-device models: the planner needs only table shapes, so a plan for a cluster
+can be made on a laptop (see ``sharding.plan``), and the trainer shards a model whose tables
+were never materialised on one rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.sharding_plan import get_default_sharders
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
+
+from sharding.config import ShardingConfig
+
+GIB = 1024**3
+
+
+@dataclass
+class MachineMemory:
+    """Per-rank memory the planner may use, in bytes (hbm is 0 for CPU ranks)."""
+
+    hbm_bytes: int
+    ddr_bytes: int
+
+
+def machine_memory(device_type: str, local_world_size: int, cfg: ShardingConfig) -> MachineMemory:
+    """Per-rank HBM and host memory: read from this machine unless the config overrides it.
+
+    Host memory is split evenly between the ``local_world_size`` ranks of a node.
+    """
+    if cfg.ddr_gb is not None:
+        ddr = int(cfg.ddr_gb * GIB)
+    else:
+        ddr = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(local_world_size, 1)
+    hbm = 0
+    if device_type == "cuda":
+        if cfg.hbm_gb is not None:
+            hbm = int(cfg.hbm_gb * GIB)
+        else:
+            hbm = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return MachineMemory(hbm_bytes=hbm, ddr_bytes=ddr)
+
+
+def make_topology(world_size: int, local_world_size: int, device_type: str, memory: MachineMemory) -> Topology:
+    return Topology(
+        world_size=world_size,
+        local_world_size=local_world_size,
+        compute_device=device_type,
+        hbm_cap=memory.hbm_bytes if device_type == "cuda" else None,
+        ddr_cap=memory.ddr_bytes,
+    )
+
+
+def make_constraints(cfg: ShardingConfig, table_names: list[str]) -> dict[str, ParameterConstraints]:
+    """Planner constraints from the config; a constraint for an unknown table is an error."""
+    unknown = sorted(set(cfg.constraints) - set(table_names))
+    if unknown:
+        raise ValueError(f"sharding.constraints names unknown table(s) {unknown}; tables: {table_names}")
+    return {
+        name: ParameterConstraints(
+            sharding_types=list(c.sharding_types) if c.sharding_types else None,
+            compute_kernels=list(c.compute_kernels) if c.compute_kernels else None,
+            min_partition=c.min_partition,
+        )
+        for name, c in cfg.constraints.items()
+    }
+
+
+def make_planner(
+    cfg: ShardingConfig,
+    table_names: list[str],
+    world_size: int,
+    local_world_size: int,
+    device_type: str,
+    batch_size: int,
+    memory: MachineMemory | None = None,
+) -> EmbeddingShardingPlanner:
+    memory = memory or machine_memory(device_type, local_world_size, cfg)
+    return EmbeddingShardingPlanner(
+        topology=make_topology(world_size, local_world_size, device_type, memory),
+        batch_size=batch_size,
+        constraints=make_constraints(cfg, table_names),
+        storage_reservation=HeuristicalStorageReservation(percentage=cfg.storage_reservation),
+        debug=False,
+    )
+
+
+class PooledTableSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EmbeddingBagCollection sharder, with row-wise sharding allowed on CPU too.
+
+    The stock sharder offers row_wise and table_row_wise only for CUDA, although the CPU
+    kernels and the gloo collectives run them correctly (tests/test_sharding.py checks the
+    sharded lookups against an unsharded table). CPU ranks therefore get the same plans as
+    GPU ranks, which is what lets a GPU-shaped plan be tested here.
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        if compute_device_type == "cpu":
+            types += [t.value for t in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE) if t.value not in types]
+        return types
+
+
+def default_sharders() -> list[ModuleSharder[nn.Module]]:
+    """TorchRec's default sharders, with :class:`PooledTableSharder` for pooled tables."""
+    sharders = [s for s in get_default_sharders() if type(s) is not EmbeddingBagCollectionSharder]
+    return [PooledTableSharder(), *sharders]
+
+
+def plan_and_shard(
+    model: nn.Module,
+    cfg: ShardingConfig,
+    table_names: list[str],
+    device: torch.device,
+    batch_size: int,
+    local_world_size: int,
+) -> tuple[DistributedModelParallel, ShardingPlan]:
+    """Plan ``model``'s embedding tables across the default process group and wrap it in DMP.
+
+    Rank 0 plans and broadcasts, so every rank holds the same plan. The model may live on the
+    meta device: DMP materialises each rank's shards (and the dense part) on ``device``.
+    """
+    world_size = dist.get_world_size()
+    planner = make_planner(cfg, table_names, world_size, local_world_size, device.type, batch_size)
+    sharders = default_sharders()
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(
+        module=model,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        device=device,
+        plan=plan,
+        sharders=sharders,
+    )
+    return dmp, plan
+
+
+def describe_plan(plan: ShardingPlan) -> list[dict]:
+    """One row per table: module path, table, sharding type, compute kernel and ranks."""
+    rows = []
+    for module_path, module_plan in plan.plan.items():
+        for table, spec in module_plan.items():  # type: ignore[union-attr]
+            ranks = spec.ranks or []
+            if not ranks and spec.sharding_spec is not None:
+                ranks = [s.placement.rank() for s in spec.sharding_spec.shards]
+            rows.append(
+                {
+                    "module": module_path,
+                    "table": table,
+                    "sharding_type": spec.sharding_type,
+                    "compute_kernel": spec.compute_kernel,
+                    "ranks": sorted(set(ranks)),
+                }
+            )
+    return rows
+
+
+def format_plan(plan: ShardingPlan) -> str:
+    """A plain-text table of :func:`describe_plan`."""
+    rows = describe_plan(plan)
+    header = f"{'table':<20} {'sharding':<15} {'kernel':<18} ranks"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['table']:<20} {r['sharding_type']:<15} {r['compute_kernel']:<18} {r['ranks']}")
+    return "\n".join(lines)
