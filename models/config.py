@@ -31,6 +31,7 @@ class DTRNConfig:
     pooling: Literal["target", "mean"] = "target"
     target_feature: Optional[str] = None  # candidate-item feature for target attention
     trm_hidden: int = 64  # hidden width of each task's SENet-like refinement network
+    position_embedding: bool = True  # add a learned recency-position embedding to sequence items
 
     def __post_init__(self) -> None:
         if self.pooling == "target" and self.target_feature is None:

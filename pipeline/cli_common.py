@@ -7,6 +7,7 @@ import contextlib
 import sys
 from typing import Iterator
 
+from datasets.reader import DataError
 from fusionrec.typedconfig import ConfigError
 from pipeline.config import ExperimentConfig, load_config
 
@@ -35,6 +36,6 @@ def exit_on_user_error() -> Iterator[None]:
     """Print config and data errors as one line prefixed ``error:`` and exit 2 instead of a traceback."""
     try:
         yield
-    except (ConfigError, UserError, FileNotFoundError) as err:
+    except (ConfigError, DataError, UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

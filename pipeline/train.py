@@ -29,6 +29,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from datasets.batch import Batch
 from datasets.reader import ParquetReader, resolve_paths
 from models import build_model
+from models.losses import MultiTaskLoss
 from pipeline import checkpoint as ckpt
 from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
 from pipeline.config import ExperimentConfig, OptimizerConfig
@@ -76,7 +77,7 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
     With ``sparse_opt`` the embedding tables get that optimizer fused into their backward.
     Returns (DMP model, sharding plan).
     """
-    model = build_model(cfg.schema, cfg.model, embedding_device=torch.device("meta"))
+    model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
     if sparse_opt is not None:
         embedding_params = [p for m in (model.ebc, model.ec) if m is not None for p in m.parameters()]
         opt_class, opt_kwargs = sparse_optimizer(sparse_opt)
@@ -89,7 +90,6 @@ def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, ep
     """Batches from the trainer's position on: the rest of the current epoch, then the next ones."""
     remaining = max_steps - state.step
     for epoch in range(state.epoch, epochs):
-        reader.set_epoch(epoch)
         skip = state.batch_in_epoch if epoch == state.epoch else 0
         for batch in itertools.islice(iter(reader), skip, None):
             if remaining <= 0:
@@ -149,6 +149,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     pipeline = TrainPipelineSparseDist(model, optimizer, info.device, execute_all_batches=True)
     batches = epoch_batches(reader, state, max_steps, cfg.train.epochs)
     task_names = cfg.schema.task_names
+    loss_fn = MultiTaskLoss(cfg.tasks).to(info.device)
     global_batch = cfg.data.batch_size * info.world_size
     window_start, window_steps = time.perf_counter(), 0
 
@@ -174,7 +175,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     model.train()
     while True:
         try:
-            loss, outputs = pipeline.progress(batches)
+            outputs = pipeline.progress(batches)  # the model's second return value
         except StopIteration:
             break
         state.step += 1
@@ -184,7 +185,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         window_steps += 1
         if state.step % cfg.train.log_every == 0 or state.step == max_steps:
-            record = step_record(loss, outputs, task_names)
+            record = step_record(outputs, loss_fn)
             elapsed = time.perf_counter() - window_start
             record.update(step=state.step, samples_seen=state.samples_seen)
             record["samples_per_s"] = round(window_steps * global_batch / max(elapsed, 1e-9), 1)
@@ -203,12 +204,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     return state
 
 
-def step_record(loss: torch.Tensor, outputs: tuple, task_names: list[str]) -> dict:
+def step_record(outputs: tuple, loss_fn: MultiTaskLoss) -> dict:
     """Loss of this rank's last batch, total and per task (the only host sync, at log steps)."""
-    from models.losses import per_task_losses  # noqa: PLC0415
-
-    _, logits, _, labels, weights = outputs
-    return {"loss": float(loss), "task_loss": dict(zip(task_names, per_task_losses(logits, labels, weights).tolist()))}
+    loss, logits, _, labels, weights = outputs
+    _, per_task = loss_fn(logits, labels, weights)
+    return {"loss": float(loss), "task_loss": dict(zip(loss_fn.task_names, per_task.tolist()))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,142 @@
+"""Embedding modules built from the feature schema, and helpers that turn their outputs into
+dense tensors for the bottoms.
+
+* Bag tables → one ``EmbeddingBagCollection`` (pooled lookups, output ``KeyedTensor``).
+* Sequence tables → one ``EmbeddingCollection`` (one vector per id, output
+  ``Dict[str, JaggedTensor]``) so that behaviour sequences and the candidate item live in one
+  embedding space.
+
+Both are built on the device they are given; the trainer passes ``torch.device("meta")`` and
+``DistributedModelParallel`` allocates and shards them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import JaggedTensor
+
+from datasets.schema import FeatureSchema, SparseFeature
+
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
+    """One ``EmbeddingBagConfig`` per bag table, its features in ``pooled_features`` order.
+
+    Raises:
+        ValueError: features on one bag table disagree on pooling (an EBC pools per table).
+    """
+    configs = []
+    for name in features.bag_tables:
+        table = features.table(name)
+        feats = [f for f in features.pooled_features if f.table == name]
+        poolings = sorted({f.pooling for f in feats})
+        if len(poolings) > 1:
+            detail = ", ".join(f"{f.name}: {f.pooling}" for f in feats)
+            raise ValueError(f"bag table {name!r}: its features must share one pooling, got {detail}")
+        configs.append(
+            EmbeddingBagConfig(
+                name=name,
+                num_embeddings=table.num_embeddings,
+                embedding_dim=table.dim,
+                feature_names=[f.name for f in feats],
+                pooling=_POOLING[poolings[0]],
+            )
+        )
+    return configs
+
+
+def sequence_table_configs(features: FeatureSchema) -> list[EmbeddingConfig]:
+    """One ``EmbeddingConfig`` per sequence table, its features in ``sequence_table_features``
+    order (sequences first, then pooled features that live on the table).
+
+    Raises:
+        ValueError: sequence tables differ in dim (TorchRec's ``EmbeddingCollection`` needs one).
+    """
+    names = features.sequence_tables
+    dims = {n: features.table(n).dim for n in names}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"sequence tables must share one embedding dim, got {dims}")
+    configs = []
+    for name in names:
+        table = features.table(name)
+        configs.append(
+            EmbeddingConfig(
+                name=name,
+                num_embeddings=table.num_embeddings,
+                embedding_dim=table.dim,
+                feature_names=[f.name for f in features.sequence_table_features if f.table == name],
+            )
+        )
+    return configs
+
+
+def build_embedding_bag_collection(
+    features: FeatureSchema, device: torch.device | str = "cpu"
+) -> Optional[EmbeddingBagCollection]:
+    """The pooled-feature EBC on ``device``, or None when the schema has no bag table."""
+    configs = bag_table_configs(features)
+    if not configs:
+        return None
+    return EmbeddingBagCollection(tables=configs, device=torch.device(device))
+
+
+def build_embedding_collection(
+    features: FeatureSchema, device: torch.device | str = "cpu"
+) -> Optional[EmbeddingCollection]:
+    """The sequence-table EC on ``device``, or None when the schema has no sequence."""
+    configs = sequence_table_configs(features)
+    if not configs:
+        return None
+    return EmbeddingCollection(tables=configs, device=torch.device(device))
+
+
+def pad_sequence(jt: JaggedTensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad one sequence feature's embeddings.
+
+    Args:
+        jt: EC output for the feature: values [sum(lengths), D], lengths [B]. Rows are ordered
+            oldest → newest and hold at most ``max_len`` ids (the reader keeps the most recent).
+        max_len: L, the padded length.
+
+    Returns:
+        padded [B, L, D] (zeros after each row's length) and lengths [B] (int, clamped to L:
+        a longer row would be cut to its first L ids); see :func:`sequence_mask` for the
+        [B, L] validity mask.
+    """
+    return jt.to_padded_dense(desired_length=max_len), jt.lengths().clamp(max=max_len)
+
+
+def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """lengths [...] → bool mask [..., L], True at the first ``length`` (valid) positions."""
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def pool_jagged(jt: JaggedTensor, pooling: str, max_len: Optional[int]) -> torch.Tensor:
+    """Sum or mean of each row's embeddings, for a pooled feature on a sequence table.
+
+    Args:
+        jt: EC output for the feature: values [sum(lengths), D], lengths [B].
+        pooling: "sum" or "mean" (mean of an empty row is 0).
+        max_len: most ids per row (1 for a scalar feature). None reads the longest row of the
+            batch, which costs a device sync; set ``max_len`` on multi-valued features.
+
+    Returns:
+        [B, D].
+    """
+    summed = jt.to_padded_dense(desired_length=max_len).sum(dim=1)
+    if pooling == "sum":
+        return summed
+    if pooling == "mean":
+        count = jt.lengths().clamp(min=1).unsqueeze(1).to(summed.dtype)
+        return summed / count
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def feature_max_len(feature: SparseFeature) -> Optional[int]:
+    """Static row length of a pooled feature: 1 for scalars, ``max_len`` for lists."""
+    return feature.max_len if feature.multi_valued else 1

@@ -1,0 +1,58 @@
+"""Per-task losses with task-space masks, sample weights and task weights."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasets.schema import TaskConfig
+
+_EPS = 1e-8
+
+
+class MultiTaskLoss(nn.Module):
+    """``loss = Σ_t w_t · L_t`` with
+
+        L_t = Σ_b mask_{b,t} · sw_b · ℓ_t(logit_{b,t}, y_{b,t}) / max(Σ_b mask_{b,t} · sw_b, eps)
+
+    ℓ_t is BCE-with-logits for a binary task and squared error for a regression task;
+    mask_{b,t} = 1 when task t has no ``space``, else 1 where the label of its space task is 1
+    (> 0.5). A task with no row in its space in the batch contributes 0.
+    """
+
+    def __init__(self, tasks: Sequence[TaskConfig]) -> None:
+        super().__init__()
+        names = [t.name for t in tasks]
+        self.task_names = names
+        self.register_buffer("is_binary", torch.tensor([t.type == "binary" for t in tasks]), persistent=False)
+        self.register_buffer("task_weights", torch.tensor([float(t.weight) for t in tasks]), persistent=False)
+        self.register_buffer(
+            "has_space", torch.tensor([t.space is not None for t in tasks]), persistent=False
+        )
+        space_index = [names.index(t.space) if t.space is not None else i for i, t in enumerate(tasks)]
+        self.register_buffer("space_index", torch.tensor(space_index), persistent=False)
+
+    def masks(self, labels: torch.Tensor) -> torch.Tensor:
+        """labels [B, T] → [B, T] float, 1 where task t is trained on row b."""
+        in_space = labels[:, self.space_index] > 0.5
+        return torch.where(self.has_space, in_space, torch.ones_like(in_space)).to(labels.dtype)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, T] → sigmoid for binary tasks, identity for regression tasks."""
+        return torch.where(self.is_binary, torch.sigmoid(logits), logits)
+
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits, labels [B, T]; weights [B] → (total loss [], per-task losses [T])."""
+        elementwise = torch.where(
+            self.is_binary,
+            F.binary_cross_entropy_with_logits(logits, labels, reduction="none"),
+            (logits - labels) ** 2,
+        )
+        w = self.masks(labels) * weights.unsqueeze(1)
+        per_task = (w * elementwise).sum(dim=0) / w.sum(dim=0).clamp(min=_EPS)
+        return (self.task_weights * per_task).sum(), per_task

@@ -1,0 +1,210 @@
+"""DTRN (Liu et al., CIKM 2023): TIM and TRM against per-(task, behaviour) reference loops."""
+
+import math
+
+import pytest
+import torch
+
+from datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
+from models.bottoms import SharedBottom, build_bottom
+from models.config import DTRNConfig, ModelConfig
+from models.dtrn import DTRN
+from models.transformer import conditional_layer_norm
+
+B, K, D, DD, P = 3, 2, 8, 3, 2
+BEHAVIORS = ["click", "buy", "click"]  # two sequences share the "click" type embedding
+MAX_LENS = [5, 3, 4]
+
+
+def _make(pooling="target", num_layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = DTRNConfig(
+        condition_dim=4, hyper_hidden=6, num_layers=num_layers, num_heads=2, ffn_dim=10,
+        pooling=pooling, target_feature="item" if pooling == "target" else None, trm_hidden=7,
+    )
+    return DTRN(K, DD, D, P, BEHAVIORS, MAX_LENS, target_index=1 if pooling == "target" else None, cfg=cfg)
+
+
+def _inputs(lengths, seed=1, garbage=False):
+    """Inputs with the given [M][B] lengths; padding is zero, or random when ``garbage``."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(B, DD, generator=g)
+    fields = [torch.randn(B, D, generator=g) for _ in range(P)]
+    sequences = []
+    for m, n_max in enumerate(MAX_LENS):
+        s = torch.randn(B, n_max, D, generator=g)
+        junk = torch.randn(B, n_max, D, generator=torch.Generator().manual_seed(99 + m)) * 5
+        for b in range(B):
+            s[b, lengths[m][b] :] = junk[b, lengths[m][b] :] if garbage else 0.0
+        sequences.append(s)
+    return dense, fields, sequences, [torch.tensor(n) for n in lengths]
+
+
+LENGTHS = [[5, 2, 0], [1, 3, 2], [4, 0, 3]]
+
+
+def _layer_norm(z, eps=1e-5):
+    mu = z.mean(-1, keepdim=True)
+    var = ((z - mu) ** 2).mean(-1, keepdim=True)
+    return (z - mu) / torch.sqrt(var + eps)
+
+
+def _softmax_rows(s):
+    e = torch.exp(s - s.max(-1, keepdim=True).values)
+    return e / e.sum(-1, keepdim=True)
+
+
+def _reference_interest(model: DTRN, seq, n, target, k, m):
+    """One (sample, task k, sequence m): encode the n valid items only, then pool."""
+    tim = model.tim
+    if n == 0:
+        return torch.zeros(D)
+    hyper = tim.hyper
+    kind = list(dict.fromkeys(BEHAVIORS)).index(BEHAVIORS[m])
+    cond = torch.cat([hyper.task_embedding[k], hyper.type_embedding[kind]])
+    raw = hyper.out(torch.relu(hyper.hidden(cond))).view(len(tim.layers), 4, D)
+    x = seq[:n] + tim.position.weight[torch.arange(n - 1, -1, -1)]  # newest item gets position 0
+    for layer, p in zip(tim.layers, raw):
+        g1, b1, g2, b2 = 1 + p[0], p[1], 1 + p[2], p[3]
+        att = layer.attention
+        qkv = att.qkv(x)
+        q, kk, v = qkv[:, :D], qkv[:, D : 2 * D], qkv[:, 2 * D :]
+        heads = []
+        for h in range(att.num_heads):
+            sl = slice(h * att.head_dim, (h + 1) * att.head_dim)
+            w = _softmax_rows(q[:, sl] @ kk[:, sl].T / math.sqrt(att.head_dim))
+            heads.append(w @ v[:, sl])
+        a = att.out(torch.cat(heads, dim=1))
+        hid = _layer_norm(x + a) * g1 + b1
+        f = layer.ffn_out(torch.relu(layer.ffn_in(hid)))
+        x = _layer_norm(hid + f) * g2 + b2
+    if tim.target_proj is not None:
+        qv = tim.target_proj(target)
+        alpha = _softmax_rows((x @ qv / math.sqrt(D)).unsqueeze(0))[0]
+        return alpha @ x
+    return x.mean(0)
+
+
+def _reference(model: DTRN, dense, fields, sequences, lengths):
+    out = torch.zeros(B, K, model.out_dim)
+    for b in range(B):
+        shared = [model.dense_proj(dense[b])] + [f[b] for f in fields]
+        target = fields[1][b]
+        for k in range(K):
+            interests = [
+                _reference_interest(model, sequences[m][b], int(lengths[m][b]), target, k, m)
+                for m in range(len(BEHAVIORS))
+            ]
+            task_fields = torch.stack(shared + interests)  # [F, D]
+            l1, l2 = model.trm.mlp.layers
+            hid = torch.relu(task_fields.flatten() @ l1.weight[k] + l1.bias[k])
+            a = 2 * torch.sigmoid(hid @ l2.weight[k] + l2.bias[k])
+            out[b, k] = (a.unsqueeze(1) * task_fields).flatten()
+    return out
+
+
+@pytest.mark.parametrize("pooling", ["target", "mean"])
+def test_matches_reference_loops(pooling):
+    model = _make(pooling)
+    inputs = _inputs(LENGTHS)
+    out = model(*inputs)
+    assert out.shape == (B, K, (1 + P + len(BEHAVIORS)) * D) == (B, K, model.out_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(out, _reference(model, *inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_padding_does_not_change_output():
+    model = _make("target")
+    clean = model(*_inputs(LENGTHS))
+    dirty = model(*_inputs(LENGTHS, garbage=True))
+    assert torch.isfinite(dirty).all()
+    torch.testing.assert_close(clean, dirty, rtol=0, atol=1e-6)
+
+
+def test_empty_sequences_give_zero_interest_and_finite_gradients():
+    model = _make("target")
+    inputs = _inputs([[0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    fields = model.task_fields(*inputs)  # [B, K, F, D], interests last
+    assert torch.isfinite(fields).all()
+    assert torch.all(fields[:, :, -len(BEHAVIORS) :] == 0)
+    model(*inputs).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_tasks_get_different_bottoms():
+    model = _make("target")
+    out = model(*_inputs(LENGTHS))
+    assert not torch.allclose(out[:, 0], out[:, 1], atol=1e-3)
+    interests = model.task_fields(*_inputs(LENGTHS))[:, :, -len(BEHAVIORS) :]
+    assert not torch.allclose(interests[:, 0], interests[:, 1], atol=1e-4)
+
+
+def test_conditional_layer_norm_by_hand():
+    x = torch.tensor([[1.0, 2.0, 4.0, 7.0]])
+    gamma = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    beta = torch.tensor([0.0, 1.0, -1.0, 3.0])
+    mean = 3.5
+    std = math.sqrt(((1 - mean) ** 2 + (2 - mean) ** 2 + (4 - mean) ** 2 + (7 - mean) ** 2) / 4 + 1e-5)
+    expected = [(v - mean) / std * g + b for v, g, b in zip([1, 2, 4, 7], gamma.tolist(), beta.tolist())]
+    torch.testing.assert_close(conditional_layer_norm(x, gamma, beta), torch.tensor([expected]))
+
+
+def test_hypernetwork_conditions_on_task_and_behaviour_type():
+    model = _make("target")
+    hyper = model.tim.hyper
+    assert hyper.type_embedding.shape[0] == 2  # click, buy
+    params = hyper()  # [layers, 4, K, M, D]
+    assert params.shape == (2, 4, K, len(BEHAVIORS), D)
+    # Sequences 0 and 2 are both "click": same γ/β; "buy" and other tasks differ.
+    torch.testing.assert_close(params[:, :, :, 0], params[:, :, :, 2])
+    assert not torch.allclose(params[:, :, :, 0], params[:, :, :, 1])
+    assert not torch.allclose(params[:, :, 0], params[:, :, 1])
+    # Identity-centred at init: γ ≈ 1, β ≈ 0.
+    assert (params[:, 0] - 1).abs().max() < 0.5 and params[:, 1].abs().max() < 0.5
+
+
+def test_every_parameter_gets_a_gradient():
+    model = _make("target")
+    model(*_inputs(LENGTHS)).pow(2).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def _schema(dims=(8, 8, 8), target_table="item"):
+    tables = [TableConfig("user", 100, dims[0]), TableConfig("item", 100, dims[1]), TableConfig("tag", 10, dims[2])]
+    features = FeatureSchema(
+        tables=tables,
+        dense=["a"],
+        sparse=[
+            SparseFeature("user_id", "user"),
+            SparseFeature("item_id", target_table),
+            SparseFeature("tags", "tag", multi_valued=True, pooling="mean", max_len=3),
+        ],
+        sequences=[SequenceFeature("clicks", "item", "click", 4)],
+    )
+    return Schema(features=features, tasks=[TaskConfig("ctr"), TaskConfig("cvr", space="ctr")])
+
+
+def test_build_bottom_checks_dims_and_target():
+    dtrn = ModelConfig(bottom=DTRNConfig(target_feature="item_id"))
+    bottom = build_bottom(_schema(), dtrn)
+    assert isinstance(bottom, DTRN) and bottom.out_dim == (1 + 3 + 1) * 8
+    with pytest.raises(ValueError, match=r"'item': 8.*'tag': 4|'tag': 4"):
+        build_bottom(_schema(dims=(8, 8, 4)), dtrn)
+    with pytest.raises(ValueError, match="no sequence"):
+        build_bottom(_schema(target_table="user"), dtrn)
+    with pytest.raises(ValueError, match="not a sparse feature"):
+        build_bottom(_schema(), ModelConfig(bottom=DTRNConfig(target_feature="nope")))
+    shared = build_bottom(_schema(dims=(8, 8, 4)), ModelConfig())
+    assert isinstance(shared, SharedBottom) and shared.out_dim == 1 + 8 + 8 + 4 + 8
+
+
+def test_shared_bottom_masked_mean():
+    bottom = SharedBottom(2, 1, [2], [2])
+    dense, field = torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0, 4.0], [5.0, 6.0]])
+    seq = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    out = bottom(dense, [field], [seq], [torch.tensor([2, 0])])
+    expected = torch.tensor([[1.0, 3.0, 4.0, 2.0, 3.0], [2.0, 5.0, 6.0, 0.0, 0.0]])
+    assert out.shape == (2, 2, 5)
+    torch.testing.assert_close(out[:, 0], expected)
+    torch.testing.assert_close(out[:, 1], expected)

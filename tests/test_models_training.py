@@ -1,0 +1,113 @@
+"""The model trains: on one process it fits a learnable signal; on 2 CPU ranks it runs sharded
+under DistributedModelParallel inside TorchRec's TrainPipelineSparseDist."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from models import build_model
+from tests.test_models_model import demo, make_batch
+
+
+def _learnable_batch(schema, batch_size, seed):
+    """Demo batch whose labels are functions of the inputs: click ← dense[0] > 0,
+    like ← candidate item id is even, convert ← click and dense[1] > 0."""
+    batch = make_batch(schema, batch_size, seed)
+    item = batch.sequence.to_dict()["item_id"].values()
+    click = (batch.dense[:, 0] > 0).float()
+    like = (item % 2 == 0).float()
+    convert = click * (batch.dense[:, 1] > 0).float()
+    batch.labels = torch.stack([click, like, convert], dim=1)
+    batch.weights = torch.ones(batch_size)
+    return batch
+
+
+def test_learns_a_signal_that_generalises():
+    schema, cfg = demo()
+    for table in schema.features.tables:
+        table.num_embeddings = 64  # few ids, so each is seen often
+    torch.manual_seed(0)
+    model = build_model(schema, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    train = [_learnable_batch(schema, 64, seed) for seed in range(8)]
+    held_out = [_learnable_batch(schema, 64, seed) for seed in range(100, 104)]
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return sum(float(model(b)[0]) for b in held_out) / len(held_out)
+
+    before = held_out_loss()
+    for step in range(80):
+        loss, _ = model(train[step % len(train)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = held_out_loss()
+    assert after < 0.5 * before, (before, after)
+
+
+def _worker(rank: int, world_size: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+        from torchrec.distributed.embedding import EmbeddingCollectionSharder
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+        from torchrec.optim.keyed import KeyedOptimizerWrapper
+        from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+        schema, cfg = demo()
+        torch.manual_seed(0)
+        model = build_model(schema, cfg, device=torch.device("meta"))
+        sparse_params = [*model.ebc.parameters(), *model.ec.parameters()]
+        apply_optimizer_in_backward(torch.optim.SGD, sparse_params, {"lr": 0.05})
+        constraints = {
+            "user": ParameterConstraints(sharding_types=["column_wise"]),
+            "item": ParameterConstraints(sharding_types=["row_wise"]),
+            "category": ParameterConstraints(sharding_types=["table_wise"]),
+            "tag": ParameterConstraints(sharding_types=["table_wise"]),
+        }
+        sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world_size, compute_device="cpu"), constraints=constraints
+        )
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+        dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+        dense_opt = KeyedOptimizerWrapper(
+            dict(in_backward_optimizer_filter(dmp.named_parameters())), lambda p: torch.optim.Adam(p, lr=0.002)
+        )
+        pipeline = TrainPipelineSparseDist(dmp, dense_opt, torch.device("cpu"))
+        batches = iter([make_batch(schema, 16, seed=100 * rank + i) for i in range(6)])
+        losses = []
+        while True:
+            try:
+                out = pipeline.progress(batches)
+            except StopIteration:
+                break
+            losses.append(float(out[0]))
+            assert out[1].shape == (16, 3)
+        pipelined = sorted(type(m).__name__ for m in getattr(pipeline, "_pipelined_modules", []))
+        results[rank] = (losses, pipelined)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_training_in_sparse_dist_pipeline():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, port, results), nprocs=2)
+    for rank in range(2):
+        losses, pipelined = results[rank]
+        assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+        assert pipelined == ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection"]
