@@ -1,6 +1,6 @@
 """The ``fusionrec`` console script: one command over the module entry points.
 
-    fusionrec generate --config configs/demo.yaml --out data/demo --rows 60000
+    fusionrec generate --config configs/demo.yaml --out data/demo --rows 200000
     fusionrec train    --config configs/demo.yaml --run-dir runs/demo      (one process)
     fusionrec evaluate --config configs/demo.yaml --checkpoint runs/demo --data ...
 

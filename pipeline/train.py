@@ -124,6 +124,9 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
 
     state = TrainerState()
     if resume and (latest := ckpt.latest_checkpoint(run_dir)) is not None:
+        # Dense optimizer state is created lazily at the first step; DCP loads in place, so the
+        # state must exist first (a zero-gradient step; the weights are then overwritten by the load).
+        dense_opt.init_state()
         train_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         ckpt.load_checkpoint(latest, train_state)
         model.load_state_dict(train_state["model"])
