@@ -6,4 +6,4 @@ Holds no model math: it wires ``datasets`` (batches), ``models`` (the network) a
 
 from fusionrec.stack import check_stack
 
-check_stack()
+check_stack()  # before anything imports torchrec or fbgemm_gpu

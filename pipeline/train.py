@@ -151,10 +151,9 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     )
     pipeline = TrainPipelineSparseDist(model, optimizer, info.device, execute_all_batches=True)
     batches = epoch_batches(reader, state, max_steps, cfg.train.epochs)
-    task_names = cfg.schema.task_names
-    loss_fn = MultiTaskLoss(cfg.tasks).to(info.device)
+    window = LossWindow(MultiTaskLoss(cfg.tasks).to(info.device), info.device)
     global_batch = cfg.data.batch_size * info.world_size
-    window_start, window_steps = time.perf_counter(), 0
+    window_start = time.perf_counter()
 
     def save() -> None:
         meta = {
@@ -186,20 +185,20 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
         state.batch_in_epoch += 1
         if state.batch_in_epoch == steps_per_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        window_steps += 1
+        window.add(outputs)
         if state.step % cfg.train.log_every == 0 or state.step == max_steps:
-            record = step_record(outputs, loss_fn)
+            steps = window.steps
+            record = {"step": state.step, "samples_seen": state.samples_seen, **window.flush()}
             elapsed = time.perf_counter() - window_start
-            record.update(step=state.step, samples_seen=state.samples_seen)
-            record["samples_per_s"] = round(window_steps * global_batch / max(elapsed, 1e-9), 1)
+            record["samples_per_s"] = round(steps * global_batch / max(elapsed, 1e-9), 1)
             log.write(record)
-            tasks = " ".join(f"{t}={record['task_loss'][t]:.4f}" for t in task_names)
+            tasks = " ".join(f"{t}={v:.4f}" for t, v in record["task_loss"].items())
             say(
                 f"step {state.step}/{max_steps} loss={record['loss']:.4f} [{tasks}] "
                 f"{record['samples_per_s']:.0f} samples/s",
                 enabled=main,
             )
-            window_start, window_steps = time.perf_counter(), 0
+            window_start = time.perf_counter()
         if cfg.checkpoint.every_n_steps and state.step % cfg.checkpoint.every_n_steps == 0:
             save()
     if not (cfg.checkpoint.every_n_steps and state.step % cfg.checkpoint.every_n_steps == 0):
@@ -207,11 +206,31 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     return state
 
 
-def step_record(outputs: tuple, loss_fn: MultiTaskLoss) -> dict:
-    """Loss of this rank's last batch, total and per task (the only host sync, at log steps)."""
-    loss, logits, _, labels, weights = outputs
-    _, per_task = loss_fn(logits, labels, weights)
-    return {"loss": float(loss), "task_loss": dict(zip(loss_fn.task_names, per_task.tolist()))}
+class LossWindow:
+    """Mean training loss, total and per task, over the steps since the last log line and
+    over all ranks. Sums stay on the device; the only host sync and all-reduce happen in
+    :meth:`flush`, which every rank calls at the same step."""
+
+    def __init__(self, loss_fn: MultiTaskLoss, device: torch.device) -> None:
+        self.loss_fn = loss_fn
+        self.sums = torch.zeros(1 + len(loss_fn.task_names), device=device)
+        self.steps = 0
+
+    def add(self, outputs: tuple) -> None:
+        loss, logits, _, labels, weights = outputs
+        _, per_task = self.loss_fn(logits, labels, weights)
+        self.sums += torch.cat([loss.reshape(1), per_task]).detach()
+        self.steps += 1
+
+    def flush(self) -> dict:
+        sums = self.sums.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+            sums /= dist.get_world_size()
+        means = (sums / max(self.steps, 1)).tolist()
+        self.sums.zero_()
+        self.steps = 0
+        return {"loss": means[0], "task_loss": dict(zip(self.loss_fn.task_names, means[1:]))}
 
 
 def main(argv: list[str] | None = None) -> int:

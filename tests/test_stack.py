@@ -32,3 +32,28 @@ def test_mismatch_is_one_sentence_naming_versions(torch, fbgemm, torchrec, names
     for name in names:
         assert name in message
     assert "make setup" in message
+
+
+@pytest.mark.parametrize("package", ["pipeline", "models", "sharding", "datasets"])
+def test_import_stops_before_torchrec_loads_on_mismatch(package):
+    """Importing any fusionrec package with a mismatched fbgemm fails with the one-sentence error,
+    before torchrec (and its native library) is imported."""
+    import subprocess
+    import sys
+
+    from tests.launch import REPO, child_env
+
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "real = m.version\n"
+        "m.version = lambda d: '1.9.0' if d == 'fbgemm-gpu-cpu' else real(d)\n"
+        "try:\n"
+        f"    import {package}\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+        "    print('torchrec loaded:', 'torchrec' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True)
+    assert "StackMismatchError incompatible stack: found torch 2.13.0" in proc.stdout, proc.stdout + proc.stderr
+    assert "fbgemm-gpu-cpu 1.9.0" in proc.stdout
+    assert "torchrec loaded: False" in proc.stdout
