@@ -43,6 +43,7 @@ class SparseFeature:
     multi_valued: bool = False
     pooling: Literal["sum", "mean"] = "sum"
     max_len: Optional[int] = None
+    weight_column: Optional[str] = None  # list<float> column, one weight per id, for weighted pooling
 
 
 @dataclass
@@ -96,6 +97,12 @@ class FeatureSchema:
                 raise ValueError(f"feature {feature.name!r} uses unknown table {feature.table!r}; tables: {names}")
         if not self.sparse and not self.sequences:
             raise ValueError("at least one sparse or sequence feature is needed")
+        for feature in self.sparse:
+            if feature.weight_column and feature.table in self.sequence_tables:
+                raise ValueError(
+                    f"feature {feature.name!r}: weight_column needs a pooled (bag) table, but table "
+                    f"{feature.table!r} is used by a behaviour sequence"
+                )
 
     def table(self, name: str) -> TableConfig:
         return next(t for t in self.tables if t.name == name)
@@ -116,6 +123,12 @@ class FeatureSchema:
     def pooled_features(self) -> list[SparseFeature]:
         """Keys of a batch's ``sparse`` KJT: pooled features on bag tables."""
         return [f for f in self.sparse if f.table in self.bag_tables]
+
+    @property
+    def weighted_pooling(self) -> bool:
+        """True when some pooled feature has per-id weights: the ``sparse`` KJT then carries
+        weights for every key (1.0 for unweighted features) and the bag tables pool weighted."""
+        return any(f.weight_column for f in self.pooled_features)
 
     @property
     def sequence_table_features(self) -> list[SparseFeature | SequenceFeature]:
