@@ -7,6 +7,7 @@ Layout of a run dir::
         meta.json                           {"step", "samples_seen", "world_size", ...}
         plan.json                           the sharding plan it was saved under
         config.yaml                         the resolved experiment config
+        ranks/rank{r}.pt                    per-rank state (RNG states), when given
     RUN_DIR/checkpoints/.tmp-step_00000400/ a save in progress (never loaded)
 
 A save writes under the ``.tmp-`` name and is published by one atomic rename once every
@@ -24,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import yaml
@@ -31,6 +33,7 @@ import yaml
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 META = "meta.json"
+RANKS = "ranks"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -61,9 +64,11 @@ def save_checkpoint(
     plan: list[dict],
     config: dict,
     keep_last: int,
+    rank_state: dict[str, Any] | None = None,
 ) -> Path:
     """Collectively save ``state`` (a DCP state dict) as checkpoint ``step``; every rank calls.
 
+    ``rank_state`` is this rank's own small state (e.g. RNG states), saved with torch.save.
     Returns the published directory. Older checkpoints beyond ``keep_last`` are deleted
     only after the new one is published.
     """
@@ -75,6 +80,10 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
     dcp.save(state, checkpoint_id=str(tmp))
+    if rank_state is not None:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        (tmp / RANKS).mkdir(exist_ok=True)
+        torch.save(rank_state, tmp / RANKS / f"rank{rank}.pt")
     _barrier()
     if _is_main():
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -124,3 +133,9 @@ def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls."""
     read_meta(path)
     dcp.load(state, checkpoint_id=str(path))
+
+
+def load_rank_state(path: str | Path, rank: int) -> dict[str, Any] | None:
+    """The per-rank state saved by ``rank`` in checkpoint ``path``, or None if there is none."""
+    file = Path(path) / RANKS / f"rank{rank}.pt"
+    return torch.load(file, weights_only=False) if file.is_file() else None

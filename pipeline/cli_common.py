@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from typing import Iterator
 
@@ -31,11 +32,28 @@ def load_job_config(path: str, overrides: list[str]) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
+USER_ERRORS = (ConfigError, DataError, UserError, FileNotFoundError)
+
+
+def _rank_prefix() -> str:
+    """``rank R/W: `` under torchrun with several ranks, else empty."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"rank {os.environ.get('RANK', '0')}/{world}: " if world > 1 else ""
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Print config and data errors as one line prefixed ``error:`` and exit 2 instead of a traceback."""
+    """Report failures with the rank they happened on.
+
+    Config and data errors print one line ``error: [rank R/W: ]message`` and exit 2, without
+    a traceback; any other exception prints ``rank R/W failed: Type: message`` and propagates
+    (torchrun's ``record`` then shows its traceback in the failure summary).
+    """
     try:
         yield
-    except (ConfigError, DataError, UserError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except USER_ERRORS as err:
+        print(f"error: {_rank_prefix()}{err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Exception as err:
+        print(f"{_rank_prefix() or 'rank 0/1: '}failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        raise

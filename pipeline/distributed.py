@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pipeline.cli_common import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -37,7 +39,7 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but this machine has no CUDA device")
+            raise UserError("train.device is 'cuda' but this machine has no CUDA device")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

@@ -16,16 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from datasets.reader import ParquetReader, resolve_paths
 from pipeline import checkpoint as ckpt
 from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
 from pipeline.config import ExperimentConfig
 from pipeline.distributed import DistInfo, init_distributed, shutdown
 from pipeline.logs import quiet_third_party, say
-from pipeline.metrics import TaskMetrics
+from pipeline.scoring import score
 from pipeline.train import build_sharded_model
 
 
@@ -50,61 +47,26 @@ def resolve_checkpoint(path: str) -> Path:
     return latest
 
 
-def task_weights(cfg: ExperimentConfig, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """[B, T] weights per task: the sample weight, zeroed outside each task's space."""
-    names = cfg.schema.task_names
-    columns = []
-    for task in cfg.tasks:
-        w = weights
-        if task.space is not None:
-            w = w * (labels[:, names.index(task.space)] > 0.5).to(w.dtype)
-        columns.append(w)
-    return torch.stack(columns, dim=1)
-
-
 def evaluate(cfg: ExperimentConfig, checkpoint: Path, data: str, batch_size: int, info: DistInfo) -> dict:
     model, _ = build_sharded_model(cfg, info, sparse_opt=None)
     state = {"model": model.state_dict()}
     ckpt.load_checkpoint(checkpoint, state)
     model.load_state_dict(state["model"])
-    model.eval()
-
     reader = ParquetReader(
         resolve_paths(data), cfg.schema, batch_size, rank=info.rank, world_size=info.world_size, drop_last=False
     )
-    # Sharded lookups are collective: every rank must run the same number of forward passes,
-    # so ranks with fewer batches repeat their last one and do not count it.
-    steps = torch.tensor([reader.num_batches])
-    if info.world_size > 1:
-        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-    if reader.num_batches == 0:
-        raise UserError(f"eval data {data!r} gives rank {info.rank} no rows (fewer rows than ranks?)")
-    metrics = {t.name: TaskMetrics(t.type) for t in cfg.tasks}
-    batches, last = iter(reader), None
-    with torch.no_grad():
-        for _ in range(int(steps.item())):
-            batch = next(batches, None)
-            padding = batch is None
-            batch = (last if padding else batch).to(info.device)
-            _, (_, _, predictions, labels, weights) = model(batch)
-            last = batch
-            if padding:
-                continue
-            per_task = task_weights(cfg, labels, weights)
-            for i, task in enumerate(cfg.tasks):
-                metrics[task.name].update(predictions[:, i].cpu(), labels[:, i].cpu(), per_task[:, i].cpu())
-    for m in metrics.values():
-        m.all_reduce()
-    samples = torch.tensor([reader.num_rows])
-    if info.world_size > 1:
-        dist.all_reduce(samples)
+    try:
+        tasks, samples = score(model, reader, reader.num_batches, cfg.schema, info.device)
+    except ValueError as err:
+        raise UserError(f"eval data {data!r}: {err}") from None
     return {
         "model": cfg.model.name,
         "checkpoint": str(checkpoint),
         "data": data,
-        "samples": int(samples.item()),
+        "samples": samples,
         "step": ckpt.read_meta(checkpoint)["step"],
-        "tasks": {name: m.compute() for name, m in metrics.items()},
+        "world_size": info.world_size,
+        "tasks": tasks,
     }
 
 

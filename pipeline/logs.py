@@ -38,3 +38,71 @@ class JsonlLog:
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+class ProgressBar:
+    """A tqdm bar on rank 0 (only when stderr is a terminal); log lines go through it so
+    the bar stays at the bottom. Disabled, it just prints the lines."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm  # noqa: PLC0415  (a torchrec dependency, only needed here)
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", samples_per_s=f"{record['samples_per_s']:.0f}")
+
+    def say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        elif self.enabled:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in record.items():
+        if key == "step":
+            continue
+        if isinstance(value, dict):
+            out.update(_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+class TensorBoardLog:
+    """TensorBoard event files under ``path`` (rank 0, when enabled): every number of a log
+    record becomes a scalar named by its key path, e.g. ``metrics/auc/click/window``."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.writer = None
+        if path is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+            except ImportError as err:
+                raise RuntimeError(
+                    "train.tensorboard is true but the tensorboard package is missing (pip install tensorboard)"
+                ) from err
+            self.writer = SummaryWriter(log_dir=str(path))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.writer is not None:
+            for name, value in _scalars(record).items():
+                self.writer.add_scalar(name, value, global_step=record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -6,25 +6,27 @@
 Flow: config (validated before any process group) → process group → model built with its
 tables on the meta device → TorchRec planner → DistributedModelParallel (sparse optimizer
 fused into the backward of the embedding kernels) → TrainPipelineSparseDist steps →
-DCP checkpoints in ``RUN_DIR/checkpoints``.
+DCP checkpoints in ``RUN_DIR/checkpoints``. After an elastic restart (torchrun
+``--max-restarts``) the job resumes from the newest complete checkpoint by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from datasets.batch import Batch
 from datasets.reader import ParquetReader, resolve_paths
@@ -32,10 +34,12 @@ from models import build_model
 from models.losses import MultiTaskLoss
 from pipeline import checkpoint as ckpt
 from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
-from pipeline.config import ExperimentConfig, OptimizerConfig
+from pipeline.config import EarlyStoppingConfig, ExperimentConfig, OptimizerConfig
 from pipeline.distributed import DistInfo, init_distributed, shutdown
-from pipeline.logs import JsonlLog, quiet_third_party, say
-from pipeline.optimizers import dense_optimizer_factory, sparse_optimizer
+from pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
+from pipeline.optimizers import build_optimizer, fuse_sparse_optimizer
+from pipeline.scoring import score
+from pipeline.train_metrics import TrainMetrics
 from sharding.planner import describe_plan, format_plan, plan_and_shard
 
 
@@ -47,6 +51,8 @@ class TrainerState:
     samples_seen: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    best_eval: Optional[float] = None
+    evals_without_improvement: int = 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,9 +85,7 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
     """
     model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
     if sparse_opt is not None:
-        embedding_params = [p for m in (model.ebc, model.ec) if m is not None for p in m.parameters()]
-        opt_class, opt_kwargs = sparse_optimizer(sparse_opt)
-        apply_optimizer_in_backward(opt_class, embedding_params, opt_kwargs)
+        fuse_sparse_optimizer((model.ebc, model.ec), sparse_opt)
     tables = [t.name for t in cfg.features.tables]
     return plan_and_shard(model, cfg.sharding, tables, info.device, cfg.data.batch_size, info.local_world_size)
 
@@ -98,112 +102,19 @@ def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, ep
             yield batch
 
 
-def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> TrainerState:
-    main = info.is_main
-    torch.manual_seed(cfg.train.seed)
-    if cfg.data.train is None:
-        raise UserError("no train data: set data.train in the config or pass --train-data")
-    reader = ParquetReader(
-        resolve_paths(cfg.data.train), cfg.schema, cfg.data.batch_size, rank=info.rank, world_size=info.world_size
-    )
-    steps_per_epoch = reader.num_batches
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"data.train {cfg.data.train!r} has too few rows for one batch of {cfg.data.batch_size} per rank "
-            f"on {info.world_size} ranks"
-        )
-    total_steps = steps_per_epoch * cfg.train.epochs
-    max_steps = min(cfg.train.max_steps or total_steps, total_steps)
-
-    model, plan = build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
-    plan_rows = describe_plan(plan)
-    say(f"sharding plan ({info.world_size} ranks, {info.device.type}):\n{format_plan(plan)}", enabled=main)
-    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense_opt = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg.train.dense_optimizer))
-    optimizer = CombinedOptimizer([model.fused_optimizer, dense_opt])
-
-    state = TrainerState()
-    if resume and (latest := ckpt.latest_checkpoint(run_dir)) is not None:
-        # Dense optimizer state is created lazily at the first step; DCP loads in place, so the
-        # state must exist first (a zero-gradient step; the weights are then overwritten by the load).
-        dense_opt.init_state()
-        train_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        ckpt.load_checkpoint(latest, train_state)
-        model.load_state_dict(train_state["model"])
-        optimizer.load_state_dict(train_state["optimizer"])
-        meta = ckpt.read_meta(latest)
-        if meta["world_size"] != info.world_size:
-            raise UserError(
-                f"{latest} was saved by {meta['world_size']} ranks; resuming the reader position needs the same "
-                f"world size (got {info.world_size})"
-            )
-        state = TrainerState(**{k: meta[k] for k in ("step", "samples_seen", "epoch", "batch_in_epoch")})
-        say(f"resumed from {latest} at step {state.step}", enabled=main)
-    elif resume:
-        say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=main)
-
-    log = JsonlLog(run_dir / "train_log.jsonl" if main else None)
-    say(
-        f"training {cfg.model.name} on {info.world_size} rank(s): {steps_per_epoch} steps/epoch, "
-        f"{max_steps} steps, batch {cfg.data.batch_size}/rank, {reader.rows_dropped} rows/epoch dropped on rank "
-        f"{info.rank} to keep ranks in step",
-        enabled=main,
-    )
-    pipeline = TrainPipelineSparseDist(model, optimizer, info.device, execute_all_batches=True)
-    batches = epoch_batches(reader, state, max_steps, cfg.train.epochs)
-    window = LossWindow(MultiTaskLoss(cfg.tasks).to(info.device), info.device)
-    global_batch = cfg.data.batch_size * info.world_size
-    window_start = time.perf_counter()
-
-    def save() -> None:
-        meta = {
-            "samples_seen": state.samples_seen,
-            "world_size": info.world_size,
-            "epoch": state.epoch,
-            "batch_in_epoch": state.batch_in_epoch,
-            "model": cfg.model.name,
-        }
-        path = ckpt.save_checkpoint(
-            run_dir,
-            state.step,
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-            meta,
-            plan_rows,
-            cfg.to_dict(),
-            cfg.checkpoint.keep_last,
-        )
-        say(f"checkpoint {path}", enabled=main)
-
-    model.train()
-    while True:
-        try:
-            outputs = pipeline.progress(batches)  # the model's second return value
-        except StopIteration:
-            break
-        state.step += 1
-        state.samples_seen += global_batch
-        state.batch_in_epoch += 1
-        if state.batch_in_epoch == steps_per_epoch:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        window.add(outputs)
-        if state.step % cfg.train.log_every == 0 or state.step == max_steps:
-            steps = window.steps
-            record = {"step": state.step, "samples_seen": state.samples_seen, **window.flush()}
-            elapsed = time.perf_counter() - window_start
-            record["samples_per_s"] = round(steps * global_batch / max(elapsed, 1e-9), 1)
-            log.write(record)
-            tasks = " ".join(f"{t}={v:.4f}" for t, v in record["task_loss"].items())
-            say(
-                f"step {state.step}/{max_steps} loss={record['loss']:.4f} [{tasks}] "
-                f"{record['samples_per_s']:.0f} samples/s",
-                enabled=main,
-            )
-            window_start = time.perf_counter()
-        if cfg.checkpoint.every_n_steps and state.step % cfg.checkpoint.every_n_steps == 0:
-            save()
-    if not (cfg.checkpoint.every_n_steps and state.step % cfg.checkpoint.every_n_steps == 0):
-        save()
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class LossWindow:
@@ -218,8 +129,8 @@ class LossWindow:
 
     def add(self, outputs: tuple) -> None:
         loss, logits, _, labels, weights = outputs
-        _, per_task = self.loss_fn(logits, labels, weights)
-        self.sums += torch.cat([loss.reshape(1), per_task]).detach()
+        _, per_task = self.loss_fn(logits.float(), labels, weights)
+        self.sums += torch.cat([loss.reshape(1).float(), per_task]).detach()
         self.steps += 1
 
     def flush(self) -> dict:
@@ -233,15 +144,235 @@ class LossWindow:
         return {"loss": means[0], "task_loss": dict(zip(self.loss_fn.task_names, means[1:]))}
 
 
+def improved(stopping: EarlyStoppingConfig, value: float, best: Optional[float]) -> bool:
+    if best is None:
+        return True
+    return value > best + stopping.min_delta if stopping.higher_is_better else value < best - stopping.min_delta
+
+
+def autocast_forward(model: torch.nn.Module, device: torch.device, mode: str) -> Optional[Callable]:
+    """A model forward under bf16 autocast for the pipeline, or None for plain fp32."""
+    if mode != "bf16":
+        return None
+
+    def forward(batch: Batch):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return model(batch)
+
+    return forward
+
+
+class Trainer:
+    """One training job on this rank: model, optimizers, data, logs and checkpoints."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, info: DistInfo) -> None:
+        self.cfg, self.run_dir, self.info = cfg, run_dir, info
+        self.main = info.is_main
+        torch.manual_seed(cfg.train.seed)
+        if cfg.data.train is None:
+            raise UserError("no train data: set data.train in the config or pass --train-data")
+        self.reader = ParquetReader(
+            resolve_paths(cfg.data.train), cfg.schema, cfg.data.batch_size, rank=info.rank, world_size=info.world_size
+        )
+        self.steps_per_epoch = self.reader.num_batches
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"data.train {cfg.data.train!r} has too few rows for one batch of {cfg.data.batch_size} per rank "
+                f"on {info.world_size} ranks"
+            )
+        total = self.steps_per_epoch * cfg.train.epochs
+        self.max_steps = min(cfg.train.max_steps or total, total)
+        self.eval_reader = None
+        if cfg.train.eval_every_n_steps:
+            self.eval_reader = ParquetReader(
+                resolve_paths(cfg.data.eval),
+                cfg.schema,
+                cfg.eval.batch_size or cfg.data.batch_size,
+                rank=info.rank,
+                world_size=info.world_size,
+                drop_last=False,
+            )
+
+        self.model, plan = build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
+        self.plan_rows = describe_plan(plan)
+        say(f"sharding plan ({info.world_size} ranks, {info.device.type}):\n{format_plan(plan)}", enabled=self.main)
+        self.optimizer, self.dense_optimizer, self.scheduler = build_optimizer(
+            self.model, self.model.fused_optimizer, cfg.train, self.max_steps
+        )
+        self.state = TrainerState()
+        self.global_batch = cfg.data.batch_size * info.world_size
+
+    # ------------------------------------------------------------------ checkpoints
+    def restore(self, path: Path) -> None:
+        meta = ckpt.read_meta(path)
+        if meta["world_size"] != self.info.world_size:
+            raise UserError(
+                f"{path} was saved by {meta['world_size']} ranks; resuming the reader position needs the same "
+                f"world size (got {self.info.world_size})"
+            )
+        # Dense optimizer state is created lazily at the first step; DCP loads in place, so the
+        # state must exist first (a zero-gradient step; the weights are then overwritten by the load).
+        self.dense_optimizer.init_state()
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        ckpt.load_checkpoint(path, state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(meta["lr_scheduler"])
+        self.state = TrainerState(**meta["trainer"])
+        rng = ckpt.load_rank_state(path, self.info.rank)
+        if rng is not None:
+            set_rng_state(rng["rng"], self.info.device)
+        say(f"resumed from {path} at step {self.state.step}", enabled=self.main)
+
+    def save(self) -> None:
+        s = self.state
+        meta = {
+            "samples_seen": s.samples_seen,
+            "world_size": self.info.world_size,
+            "model": self.cfg.model.name,
+            "trainer": asdict(s),
+            "lr_scheduler": self.scheduler.state_dict(),
+        }
+        path = ckpt.save_checkpoint(
+            self.run_dir,
+            s.step,
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
+            meta,
+            self.plan_rows,
+            self.cfg.to_dict(),
+            self.cfg.checkpoint.keep_last,
+            rank_state={"rng": rng_state(self.info.device)},
+        )
+        say(f"checkpoint {path}", enabled=self.main)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, pipeline: TrainPipelineSparseDist) -> dict[str, dict]:
+        """Score the eval data with the current weights (the pipeline's model rewrite is
+        undone for the duration, its in-flight batches are kept)."""
+        assert self.eval_reader is not None
+        model = pipeline.detach()
+        limit = self.cfg.train.eval_max_batches
+        n = self.eval_reader.num_batches if limit is None else min(limit, self.eval_reader.num_batches)
+        tasks, _ = score(model, itertools.islice(iter(self.eval_reader), n), n, self.cfg.schema, self.info.device)
+        pipeline.attach(model)
+        return tasks
+
+    def should_stop(self, tasks: dict[str, dict]) -> bool:
+        stopping = self.cfg.train.early_stopping
+        if stopping is None:
+            return False
+        value = tasks[stopping.task][stopping.metric]
+        if improved(stopping, value, self.state.best_eval):
+            self.state.best_eval, self.state.evals_without_improvement = value, 0
+            return False
+        self.state.evals_without_improvement += 1
+        return self.state.evals_without_improvement >= stopping.patience
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainerState:
+        cfg, info, s = self.cfg, self.info, self.state
+        say(
+            f"training {cfg.model.name} on {info.world_size} rank(s): {self.steps_per_epoch} steps/epoch, "
+            f"{self.max_steps} steps, batch {cfg.data.batch_size}/rank, {self.reader.rows_dropped} rows/epoch "
+            f"dropped on rank {info.rank} to keep ranks in step",
+            enabled=self.main,
+        )
+        pipeline = TrainPipelineSparseDist(
+            self.model,
+            self.optimizer,
+            info.device,
+            execute_all_batches=True,
+            custom_model_fwd=autocast_forward(self.model, info.device, cfg.train.mixed_precision),
+        )
+        stream = epoch_batches(self.reader, s, self.max_steps, cfg.train.epochs)
+        window = LossWindow(MultiTaskLoss(cfg.tasks).to(info.device), info.device)
+        metrics = TrainMetrics(
+            cfg.schema, cfg.data.batch_size, info.world_size, info.rank, cfg.train.metrics_window, info.device
+        )
+        jsonl = JsonlLog(self.run_dir / "train_log.jsonl" if self.main else None)
+        board = TensorBoardLog(self.run_dir / "tensorboard" if self.main and cfg.train.tensorboard else None)
+        bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
+        every_ckpt, every_eval = cfg.checkpoint.every_n_steps, cfg.train.eval_every_n_steps
+        window_start, stopped_early = time.perf_counter(), False
+        self.model.train()
+        while s.step < self.max_steps and not stopped_early:
+            # Run up to the next evaluation as one pipeline segment: the pipeline drains its
+            # in-flight batches at the segment's end, so evaluation never interleaves with them.
+            segment = itertools.islice(stream, every_eval - s.step % every_eval if every_eval else None)
+            steps_before = s.step
+            while True:
+                try:
+                    outputs = pipeline.progress(segment)  # the model's second return value
+                except StopIteration:
+                    break
+                self.scheduler.step()
+                s.step += 1
+                s.samples_seen += self.global_batch
+                s.batch_in_epoch += 1
+                if s.batch_in_epoch == self.steps_per_epoch:
+                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+                window.add(outputs)
+                _, _, predictions, labels, weights = outputs
+                metrics.update(predictions, labels, weights)
+                bar.advance()
+                if s.step % cfg.train.log_every == 0 or s.step == self.max_steps:
+                    steps = window.steps
+                    record = {"step": s.step, "samples_seen": s.samples_seen, **window.flush()}
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    record["samples_per_s"] = round(steps * self.global_batch / elapsed, 1)
+                    record["lr"] = self.scheduler.get_last_lr()[0]
+                    record["metrics"] = metrics.compute()
+                    jsonl.write(record)
+                    board.write(record)
+                    bar.show(record)
+                    tasks = " ".join(f"{t}={v:.4f}" for t, v in record["task_loss"].items())
+                    bar.say(
+                        f"step {s.step}/{self.max_steps} loss={record['loss']:.4f} [{tasks}] "
+                        f"{record['samples_per_s']:.0f} samples/s"
+                    )
+                    window_start = time.perf_counter()
+                if every_ckpt and s.step % every_ckpt == 0:
+                    self.save()
+            if s.step == steps_before:
+                break  # the data ran out
+            if every_eval and s.step % every_eval == 0:
+                tasks = self.evaluate(pipeline)
+                jsonl.write({"step": s.step, "eval": tasks})
+                board.write({"step": s.step, "eval": tasks})
+                summary = " ".join(f"{t}:auc={m.get('auc', float('nan')):.4f}" for t, m in tasks.items())
+                bar.say(f"eval @ step {s.step}: {summary}")
+                stopped_early = self.should_stop(tasks)
+                if stopped_early:
+                    patience = cfg.train.early_stopping.patience
+                    bar.say(f"early stopping at step {s.step}: no improvement in {patience} evaluations")
+                window_start = time.perf_counter()
+        bar.close()
+        board.close()
+        if not (every_ckpt and s.step % every_ckpt == 0):
+            self.save()
+        return s
+
+
+def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> TrainerState:
+    trainer = Trainer(cfg, run_dir, info)
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    latest = ckpt.latest_checkpoint(run_dir) if resume or restarted else None
+    if latest is not None:
+        trainer.restore(latest)
+    elif resume:
+        say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=info.is_main)
+    return trainer.run()
+
+
+@record
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     args = parse_args(argv)
     with exit_on_user_error():
         cfg = load_job_config(args.config, config_overrides(args))
-        run_dir = Path(args.run_dir)
         info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
         try:
-            state = train(cfg, run_dir, args.resume, info)
+            state = train(cfg, Path(args.run_dir), args.resume, info)
             say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)
         finally:
             shutdown()

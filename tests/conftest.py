@@ -18,3 +18,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def demo_logs(tmp_path_factory) -> Path:
+    """Synthetic logs for configs/demo.yaml (40,000 rows: 32,000 train, 8,000 eval), written
+    once per test session by the real CLI."""
+    from tests.launch import run
+
+    out = tmp_path_factory.mktemp("demo_logs")
+    run([sys.executable, "-m", "datasets.synthetic", "--config", str(REPO / "configs/demo.yaml"), "--out", str(out),
+         "--rows", "40000"])
+    return out

@@ -1,0 +1,87 @@
+"""Per-task training metrics through torchrec.metrics: windowed and lifetime NE, AUC,
+calibration and CTR for binary tasks, MSE and MAE for regression tasks, and throughput.
+
+``update`` runs every step on device tensors (no host sync). ``compute`` is collective —
+every rank calls it at the same step — and returns plain floats keyed
+``"<metric>/<task>/<window|lifetime>"`` plus ``"throughput/..."``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchrec.metrics.metric_module import RecMetricModule, generate_metric_module
+from torchrec.metrics.metrics_config import (
+    MetricsConfig,
+    RecComputeMode,
+    RecMetricDef,
+    RecMetricEnum,
+    RecTaskInfo,
+    ThroughputDef,
+)
+
+from datasets.schema import Schema
+from pipeline.scoring import task_weights
+
+BINARY_METRICS = (RecMetricEnum.NE, RecMetricEnum.AUC, RecMetricEnum.CALIBRATION, RecMetricEnum.CTR)
+REGRESSION_METRICS = (RecMetricEnum.MSE, RecMetricEnum.MAE)
+
+
+class TrainMetrics:
+    """torchrec's RecMetricModule configured from the schema's tasks.
+
+    Args:
+        schema: tasks (binary or regression, with spaces).
+        batch_size: per-rank batch size.
+        world_size, rank: the process group's.
+        window_size: samples (over all ranks) in the windowed metrics.
+        device: where the metric states live.
+    """
+
+    def __init__(
+        self, schema: Schema, batch_size: int, world_size: int, rank: int, window_size: int, device: torch.device
+    ) -> None:
+        self.schema = schema
+        infos = {
+            t.name: RecTaskInfo(
+                name=t.name, label_name=f"{t.name}/label", prediction_name=f"{t.name}/pred", weight_name=f"{t.name}/weight"
+            )
+            for t in schema.tasks
+        }
+        binary = [infos[t.name] for t in schema.tasks if t.type == "binary"]
+        regression = [infos[t.name] for t in schema.tasks if t.type == "regression"]
+        rec_metrics = {}
+        for metrics, tasks in ((BINARY_METRICS, binary), (REGRESSION_METRICS, regression)):
+            if tasks:
+                rec_metrics.update({m: RecMetricDef(rec_tasks=tasks, window_size=window_size) for m in metrics})
+        config = MetricsConfig(
+            rec_tasks=list(infos.values()),
+            rec_metrics=rec_metrics,
+            throughput_metric=ThroughputDef(window_size=100, warmup_steps=10),
+            rec_compute_mode=RecComputeMode.UNFUSED_TASKS_COMPUTATION,
+            compute_on_all_ranks=True,
+        )
+        self.module = generate_metric_module(
+            RecMetricModule, config, batch_size, world_size, rank, state_metrics_mapping={}, device=device
+        )
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
+        """predictions, labels [B, T]; weights [B]. Rows outside a task's space get weight 0."""
+        per_task = task_weights(self.schema, labels, weights)
+        model_out = {}
+        for i, task in enumerate(self.schema.tasks):
+            model_out[f"{task.name}/pred"] = predictions[:, i].detach().float()
+            model_out[f"{task.name}/label"] = labels[:, i]
+            model_out[f"{task.name}/weight"] = per_task[:, i]
+        self.module.update(model_out)
+
+    def compute(self) -> dict[str, float]:
+        """Collective: call on every rank at the same step."""
+        out = {}
+        for key, value in self.module.compute().items():
+            # torchrec keys look like "ne-click|window_ne"; report "ne/click/window".
+            head, _, tail = key.partition("|")
+            metric, _, task = head.partition("-")
+            window = "window" if tail.startswith("window") else "lifetime" if tail.startswith("lifetime") else tail
+            name = f"throughput/{tail}" if metric == "throughput" else f"{metric}/{task}/{window}"
+            out[name] = float(value)
+        return out
