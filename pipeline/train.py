@@ -201,6 +201,7 @@ class Trainer:
         )
         self.state = TrainerState()
         self.global_batch = cfg.data.batch_size * info.world_size
+        self.jsonl = JsonlLog(run_dir / "train_log.jsonl" if self.main else None)
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self, path: Path) -> None:
@@ -222,6 +223,8 @@ class Trainer:
         rng = ckpt.load_rank_state(path, self.info.rank)
         if rng is not None:
             set_rng_state(rng["rng"], self.info.device)
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        self.jsonl.write({"event": "resumed", "step": self.state.step, "checkpoint": str(path), "attempt": attempt})
         say(f"resumed from {path} at step {self.state.step}", enabled=self.main)
 
     def save(self) -> None:
@@ -289,7 +292,7 @@ class Trainer:
         metrics = TrainMetrics(
             cfg.schema, cfg.data.batch_size, info.world_size, info.rank, cfg.train.metrics_window, info.device
         )
-        jsonl = JsonlLog(self.run_dir / "train_log.jsonl" if self.main else None)
+        jsonl = self.jsonl
         board = TensorBoardLog(self.run_dir / "tensorboard" if self.main and cfg.train.tensorboard else None)
         bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
         every_ckpt, every_eval = cfg.checkpoint.every_n_steps, cfg.train.eval_every_n_steps
