@@ -9,7 +9,9 @@ from tests.launch import REPO, torchrun
 pytestmark = pytest.mark.slow
 
 
-def test_table_row_column_wise_lookups_match_unsharded(tmp_path):
+def test_every_sharding_type_matches_unsharded_lookups(tmp_path):
+    """table/row/column-wise for pooled and sequence tables, table-row-wise and data-parallel
+    for pooled tables: each rank's sharded lookups equal an unsharded table's."""
     torchrun([str(REPO / "tests/workers/sharded_lookup.py"), str(tmp_path)], nproc=2)
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -20,5 +22,9 @@ def test_table_row_column_wise_lookups_match_unsharded(tmp_path):
             for split in ("row_wise", "column_wise"):
                 assert plan[f"{kind}_{split}"]["sharding_type"] == split
                 assert plan[f"{kind}_{split}"]["ranks"] == [0, 1], f"{kind}_{split} not split across both ranks"
+        assert plan["bag_table_row_wise"]["sharding_type"] == "table_row_wise"
+        assert plan["bag_table_row_wise"]["ranks"] == [0, 1]  # one host: its 2 ranks split the rows
+        assert plan["bag_data_parallel"]["sharding_type"] == "data_parallel"
+        assert len(result["diffs"]) == 8
         for table, diff in result["diffs"].items():
             assert diff < 1e-5, f"rank {rank}: table {table} differs from the unsharded lookup by {diff}"

@@ -17,6 +17,7 @@ from sharding.config import ShardingConfig, TableConstraint
 from sharding.planner import describe_plan, plan_and_shard
 
 TYPES = ["table_wise", "row_wise", "column_wise"]
+BAG_ONLY_TYPES = ["table_row_wise", "data_parallel"]  # the EmbeddingCollection sharder offers neither
 ROWS, DIM = 100, 64
 
 
@@ -24,7 +25,10 @@ class Lookups(torch.nn.Module):
     def __init__(self, device):
         super().__init__()
         self.ebc = EmbeddingBagCollection(
-            [EmbeddingBagConfig(name=f"bag_{t}", num_embeddings=ROWS, embedding_dim=DIM, feature_names=[f"f_{t}"]) for t in TYPES],
+            [
+                EmbeddingBagConfig(name=f"bag_{t}", num_embeddings=ROWS, embedding_dim=DIM, feature_names=[f"f_{t}"])
+                for t in TYPES + BAG_ONLY_TYPES
+            ],
             device=device,
         )
         self.ec = EmbeddingCollection(
@@ -45,6 +49,9 @@ def fill_shards(model: torch.nn.Module) -> None:
     """Write the known full weights into each rank's local shards (at their offsets)."""
     for key, value in model.state_dict().items():
         table = key.split(".")[-2]
+        if not hasattr(value, "local_shards"):  # data_parallel: a full replica on every rank
+            value.copy_(full_weight(table))
+            continue
         for shard in value.local_shards():
             r, c = shard.metadata.shard_offsets
             h, w = shard.metadata.shard_sizes
@@ -61,17 +68,18 @@ def inputs(keys, rank):
 def main(out: Path) -> None:
     quiet_third_party()
     info = init_distributed("cpu")
+    tables = [f"bag_{t}" for t in TYPES + BAG_ONLY_TYPES] + [f"seq_{t}" for t in TYPES]
     cfg = ShardingConfig(
         constraints={
-            f"{p}_{t}": TableConstraint(sharding_types=[t], min_partition=DIM // 2) for p in ("bag", "seq") for t in TYPES
+            name: TableConstraint(sharding_types=[name.split("_", 1)[1]], min_partition=DIM // 2) for name in tables
         }
     )
     model = Lookups(torch.device("meta"))
-    tables = [f"{p}_{t}" for p in ("bag", "seq") for t in TYPES]
     dmp, plan = plan_and_shard(model, cfg, tables, info.device, 5, info.local_world_size)
     with torch.no_grad():
         fill_shards(dmp)
-    bags, seqs = inputs([f"f_{t}" for t in TYPES], info.rank), inputs([f"s_{t}" for t in TYPES], info.rank)
+    bags = inputs([f"f_{t}" for t in TYPES + BAG_ONLY_TYPES], info.rank)
+    seqs = inputs([f"s_{t}" for t in TYPES], info.rank)
     pooled, sequences = dmp(bags, seqs)
 
     reference = Lookups(torch.device("cpu"))
@@ -80,8 +88,9 @@ def main(out: Path) -> None:
             value.copy_(full_weight(key.split(".")[-2]))
     ref_pooled, ref_sequences = reference(bags, seqs)
     diffs = {}
-    for t in TYPES:
+    for t in TYPES + BAG_ONLY_TYPES:
         diffs[f"bag_{t}"] = (pooled[f"f_{t}"] - ref_pooled[f"f_{t}"]).abs().max().item()
+    for t in TYPES:
         diffs[f"seq_{t}"] = (sequences[f"s_{t}"].values() - ref_sequences[f"s_{t}"].values()).abs().max().item()
     result = {"diffs": diffs, "plan": describe_plan(plan)}
     (out / f"rank{info.rank}.json").write_text(json.dumps(result))
