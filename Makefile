@@ -15,6 +15,10 @@ DEMO_ROWS ?= 200000
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
+# Where pip finds torch: this project's machines serve the CPU build of torch 2.13.0 by default;
+# on plain PyPI (whose Linux wheels are CUDA builds) use TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_INDEX ?=
+PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 .PHONY: setup demo test lint clean
 
@@ -23,7 +27,7 @@ setup: $(STAMP)
 $(STAMP): requirements/$(DEVICE).txt requirements/runtime.txt requirements/torchrec.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/$(DEVICE).txt
+	$(BIN)/python -m pip install --quiet $(PIP_TORCH_INDEX) -r requirements/$(DEVICE).txt
 	# torchrec's wheel declares an unpinned fbgemm-gpu (the CUDA build): install it without deps.
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/torchrec.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . || $(BIN)/python -m pip install --quiet --no-deps -e .

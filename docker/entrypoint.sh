@@ -1,14 +1,65 @@
 #!/bin/sh
-# Run torchrun from the usual cluster variables, with c10d rendezvous:
-#   MASTER_ADDR MASTER_PORT (rendezvous endpoint), NNODES, NODE_RANK, NPROC_PER_NODE.
-# Arguments are passed to torchrun after its own, e.g. `-m pipeline.train --config ...`.
+# fusionrec's container entrypoint (also used as is by docker/slurm/train.sbatch).
+#
+#   fusionrec-entrypoint -m pipeline.train --config ... --run-dir ...  -> torchrun [cluster options] -m pipeline.train ...
+#   fusionrec-entrypoint python -m sharding.plan ...                   -> runs the command as given
+#
+# Arguments that start with "-" go to torchrun after its own options; anything else is run as
+# a plain command. torchrun's options come from the usual cluster variables:
+#
+#   MASTER_ADDR     host of the c10d rendezvous (node 0). Unset and NNODES=1: --standalone.
+#   MASTER_PORT     its port (default 29500)
+#   NNODES          number of nodes (default 1), or MIN:MAX for an elastic job
+#   NODE_RANK       this node's index; node 0 hosts the rendezvous store (c10d numbers the
+#                   ranks itself). Unset: torchrun decides by matching MASTER_ADDR to this host.
+#   NPROC_PER_NODE  processes per node (default: every visible GPU in the cuda image, 1 in the cpu one)
+#   RDZV_ID         job id, the same on every node (default: SLURM_JOB_ID, else "fusionrec")
+#   MAX_RESTARTS    torchrun --max-restarts (default 0)
+#   RDZV_JOIN_TIMEOUT  seconds to wait for every node to join (default: torchrun's)
+#
+# When a plain name is unset, the variables set by Kubeflow's training operator (PET_NNODES,
+# PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR, PET_MASTER_PORT, and the pod-level RANK)
+# and by Slurm (SLURM_NODEID, SLURM_JOB_ID) are used.
 set -eu
+
+case "${1:-}" in
+    -*) ;;
+    "") set -- -m pipeline.train --help ;;
+    *) exec "$@" ;;
+esac
+
+master_addr="${MASTER_ADDR:-${PET_MASTER_ADDR:-}}"
+master_port="${MASTER_PORT:-${PET_MASTER_PORT:-29500}}"
+nnodes="${NNODES:-${PET_NNODES:-1}}"
+node_rank="${NODE_RANK:-${PET_NODE_RANK:-${SLURM_NODEID:-${RANK:-}}}}"
+if [ "${FUSIONREC_DEVICE:-cuda}" = cpu ]; then default_nproc=1; else default_nproc=gpu; fi
+nproc="${NPROC_PER_NODE:-${PET_NPROC_PER_NODE:-$default_nproc}}"
+rdzv_id="${RDZV_ID:-${SLURM_JOB_ID:-fusionrec}}"
+max_restarts="${MAX_RESTARTS:-0}"
+
+if [ -z "$master_addr" ]; then
+    if [ "$nnodes" != 1 ]; then
+        echo "fusionrec-entrypoint: NNODES=$nnodes needs MASTER_ADDR, the host of node 0" >&2
+        exit 2
+    fi
+    exec torchrun --standalone --nnodes 1 --nproc-per-node "$nproc" --max-restarts "$max_restarts" "$@"
+fi
+
+conf=""
+if [ -n "$node_rank" ]; then
+    if [ "$node_rank" = 0 ]; then conf="is_host=true"; else conf="is_host=false"; fi
+fi
+if [ -n "${RDZV_JOIN_TIMEOUT:-}" ]; then
+    conf="${conf:+$conf,}join_timeout=$RDZV_JOIN_TIMEOUT"
+fi
+if [ -n "$conf" ]; then
+    set -- --rdzv-conf "$conf" "$@"
+fi
 exec torchrun \
-    --nnodes "${NNODES:-1}" \
-    --nproc_per_node "${NPROC_PER_NODE:-1}" \
-    --node_rank "${NODE_RANK:-0}" \
+    --nnodes "$nnodes" \
+    --nproc-per-node "$nproc" \
     --rdzv-backend c10d \
-    --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" \
-    --rdzv-id "${RDZV_ID:-fusionrec}" \
-    --max-restarts "${MAX_RESTARTS:-0}" \
+    --rdzv-endpoint "$master_addr:$master_port" \
+    --rdzv-id "$rdzv_id" \
+    --max-restarts "$max_restarts" \
     "$@"

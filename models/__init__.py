@@ -1,6 +1,8 @@
-"""Multi-task ranking models: embeddings, bottoms (shared, DTRN), AdaTT fusion, towers, losses.
+"""Multi-task ranking models: embeddings, bottoms (shared, DTRN), fusions (AdaTT, AdaTT-sp,
+PLE, MMoE, ML-MMoE, cross-stitch, shared-bottom), towers, losses.
 
 Public entry: :func:`build_model`. Models know nothing of files, ranks or optimizers.
+docs/models.md describes the equations, the config and the introspection API.
 """
 
 from fusionrec.stack import check_stack

@@ -8,7 +8,8 @@ outputs:
 * sequences: one right-padded [B, L_m, D_m] tensor per behaviour sequence and its
   lengths [B], in ``FeatureSchema.sequences`` order;
 
-and exposes ``out_dim`` (D_bottom).
+and exposes ``out_dim`` (D_bottom) and ``task_specific`` (False when every task gets the same
+row, which lets the fusion above compute task-neutral parts once).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from models.dtrn import DTRN
 class SharedBottom(nn.Module):
     """Every task reads ``concat[dense; fields…; masked mean of each sequence…]``.
 
-    Output [B, T, Dd + Σ D_f + Σ D_m], the same row for every task.
+    Output [B, T, Dd + Σ D_f + Σ D_m], the same row for every task (a broadcast view).
     """
+
+    task_specific = False
 
     def __init__(self, num_tasks: int, dense_dim: int, field_dims: list[int], sequence_dims: list[int]) -> None:
         super().__init__()

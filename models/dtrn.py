@@ -6,11 +6,26 @@ Each task gets its own bottom representation in two steps:
 * TIM (task-specific interest module): every behaviour sequence is encoded by a Transformer
   whose attention/FFN weights are shared by everything, but whose LayerNorms are conditional:
   a hypernetwork turns ``[task embedding_k; behaviour-type embedding_m]`` into the γ/β of each
-  LayerNorm. The K·M encodings run as one batched pass and are pooled to one interest vector
-  per (task k, behaviour type m).
+  LayerNorm, so the hypernetwork is TIM's only source of task and behaviour-type conditioning.
+  The K·M encodings run as one batched pass (padding masked) and are pooled to one interest
+  vector per (task k, behaviour type m).
 * TRM (task-specific representation refinement): per task, a SENet-like network reads all the
   task's field embeddings at once (context aware) and emits one weight per field; the task's
   bottom is the concatenation of the reweighted fields.
+
+The K bottoms are the per-task inputs [B, K, F·D] of whatever fusion sits above.
+
+Choices the paper leaves open (config options where they matter, see ``DTRNConfig``):
+
+* Post-LN encoder layers ``CLN(x + MHA(x))``, ``CLN(h + FFN(h))``; the hypernetwork is a
+  one-hidden-layer MLP whose output layer starts small, so γ ≈ 1 and β ≈ 0 at init.
+* Pooling ``target`` (default): scaled dot-product attention of a learned linear map of the
+  candidate item embedding over the encoded sequence; ``mean``: masked mean. An empty sequence
+  pools to 0.
+* A learned recency-position embedding (index 0 = newest item) is added to the items
+  (``position_embedding``).
+* Dense features enter TRM as one field through a linear projection to D.
+* TRM weights are ``trm_gate_scale · sigmoid(·)`` (2 by default, 1 for SENet's sigmoid).
 
 Notation: B batch, K tasks, M behaviour sequences, L padded sequence length, D embedding dim,
 F fields per task, C condition dim.
@@ -159,20 +174,30 @@ class TaskInterestModule(nn.Module):
 class TaskRefinementModule(nn.Module):
     """TRM: per task, context-aware field reweighting (SENet-like).
 
-    ``a_k = 2·sigmoid(MLP_k(flatten(fields_k)))`` ∈ (0, 2)^F, ``out_k = flatten(a_k ⊙ fields_k)``.
-    2·sigmoid (rather than sigmoid) centres an untrained network at weight ≈ 1, so fields pass
-    through at their own scale and can be amplified as well as damped. The K MLPs run as one
+    ``a_k = c·sigmoid(W_2^k φ(W_1^k flatten(fields_k) + b_1^k) + b_2^k)`` ∈ (0, c)^F and
+    ``out_k = flatten(a_k ⊙ fields_k)``: the excitation reads every field of the task at once
+    (context-aware, no per-field squeeze), one weight per field. ``c = gate_scale``: 2 (default)
+    centres an untrained network at weight ≈ 1, so fields pass through at their own scale and
+    can be amplified as well as damped; 1 is SENet's plain sigmoid. The K MLPs run as one
     grouped einsum.
     """
 
-    def __init__(self, num_tasks: int, num_fields: int, dim: int, hidden: int, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        num_fields: int,
+        dim: int,
+        hidden: int,
+        activation: str = "relu",
+        gate_scale: float = 2.0,
+    ) -> None:
         super().__init__()
-        self.num_fields, self.dim = num_fields, dim
+        self.num_fields, self.dim, self.gate_scale = num_fields, dim, gate_scale
         self.mlp = GroupedMLP(num_tasks, num_fields * dim, [hidden, num_fields], activation)
 
     def field_weights(self, fields: torch.Tensor) -> torch.Tensor:
-        """fields [B, K, F, D] → weights [B, K, F] in (0, 2)."""
-        return 2.0 * torch.sigmoid(self.mlp(fields.flatten(2)))
+        """fields [B, K, F, D] → weights [B, K, F] in (0, gate_scale)."""
+        return self.gate_scale * torch.sigmoid(self.mlp(fields.flatten(2)))
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         """fields [B, K, F, D] → [B, K, F·D]."""
@@ -184,8 +209,11 @@ class DTRN(nn.Module):
     task k…]`` refined by TRM.
 
     Input shapes: dense [B, Dd]; fields P × [B, D]; sequences M × [B, L_m, D]; lengths M × [B].
-    Output: [B, K, F·D] with F = (Dd > 0) + P + M.
+    Output: [B, K, F·D] with F = (Dd > 0) + P + M: task k's bottom in row k, the per-task
+    input of whatever fusion sits above.
     """
+
+    task_specific = True
 
     def __init__(
         self,
@@ -215,7 +243,9 @@ class DTRN(nn.Module):
         self.num_fields = int(dense_dim > 0) + num_pooled + len(behaviors)
         if self.num_fields == 0:
             raise ValueError("DTRN needs at least one field")
-        self.trm = TaskRefinementModule(num_tasks, self.num_fields, dim, cfg.trm_hidden, activation)
+        self.trm = TaskRefinementModule(
+            num_tasks, self.num_fields, dim, cfg.trm_hidden, activation, gate_scale=cfg.trm_gate_scale
+        )
         self.out_dim = self.num_fields * dim
 
     def task_fields(

@@ -8,6 +8,14 @@ dense tensors for the bottoms.
 
 Both are built on the device they are given; the trainer passes ``torch.device("meta")`` and
 ``DistributedModelParallel`` allocates and shards them.
+
+Weighted pooling (``FeatureSchema.weighted_pooling``): the ``sparse`` KJT then carries one
+weight per id for every key (1.0 for features without a weight column) and the EBC is built
+with ``is_weighted=True``, so a bag pools ``Σ_i w_i e_i``. Bag tables are then configured with
+SUM pooling (torch's ``embedding_bag`` takes per-id weights only with sum, and SUM keeps the
+unsharded and sharded kernels alike), and a ``mean`` feature is finished by the model as the
+weighted mean ``Σ_i w_i e_i / Σ_i w_i`` (:func:`weighted_mean`), which is the plain mean for a
+feature whose weights are all 1.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
     """One ``EmbeddingBagConfig`` per bag table, its features in ``pooled_features`` order.
+    With weighted pooling every table pools SUM (see the module docstring).
 
     Raises:
         ValueError: features on one bag table disagree on pooling (an EBC pools per table).
@@ -44,7 +53,7 @@ def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
                 num_embeddings=table.num_embeddings,
                 embedding_dim=table.dim,
                 feature_names=[f.name for f in feats],
-                pooling=_POOLING[poolings[0]],
+                pooling=PoolingType.SUM if features.weighted_pooling else _POOLING[poolings[0]],
             )
         )
     return configs
@@ -78,11 +87,12 @@ def sequence_table_configs(features: FeatureSchema) -> list[EmbeddingConfig]:
 def build_embedding_bag_collection(
     features: FeatureSchema, device: torch.device | str = "cpu"
 ) -> Optional[EmbeddingBagCollection]:
-    """The pooled-feature EBC on ``device``, or None when the schema has no bag table."""
+    """The pooled-feature EBC on ``device`` (weighted when ``features.weighted_pooling``), or
+    None when the schema has no bag table."""
     configs = bag_table_configs(features)
     if not configs:
         return None
-    return EmbeddingBagCollection(tables=configs, device=torch.device(device))
+    return EmbeddingBagCollection(tables=configs, is_weighted=features.weighted_pooling, device=torch.device(device))
 
 
 def build_embedding_collection(
@@ -135,6 +145,25 @@ def pool_jagged(jt: JaggedTensor, pooling: str, max_len: Optional[int]) -> torch
         count = jt.lengths().clamp(min=1).unsqueeze(1).to(summed.dtype)
         return summed / count
     raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def weighted_mean(weighted_sum: torch.Tensor, jt: JaggedTensor, max_len: Optional[int]) -> torch.Tensor:
+    """Turn a bag's weighted sum into its weighted mean.
+
+    Args:
+        weighted_sum: [B, D], ``Σ_i w_i e_i`` per row (the weighted EBC's output).
+        jt: the feature's key of the weighted ``sparse`` KJT (``kjt[name]``), for its weights.
+        max_len: most ids per row, as in :func:`pool_jagged`.
+
+    Returns:
+        [B, D], ``Σ_i w_i e_i / Σ_i w_i``; a row whose weights sum to <= 0 (an empty row, say)
+        keeps its weighted sum (0 for an empty row).
+    """
+    weights = jt.to_padded_dense_weights(desired_length=max_len)
+    if weights is None:
+        raise ValueError("weighted_mean needs a weighted feature (a KJT with weights)")
+    total = weights.sum(dim=1, keepdim=True).to(weighted_sum.dtype)
+    return weighted_sum / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def feature_max_len(feature: SparseFeature) -> Optional[int]:

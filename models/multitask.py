@@ -1,4 +1,19 @@
-"""The whole multi-task model: embeddings → bottom → fusion → towers → losses."""
+"""The whole multi-task model: embeddings → bottom → fusion → towers → losses.
+
+Any bottom (shared | DTRN) composes with any fusion (shared_bottom, mmoe, ml_mmoe, ple,
+cross_stitch, adatt, adatt_sp) and the per-task towers; the bottom hands the fusion one input
+row per task, [B, T, D_b].
+
+Introspection for evaluation (eval mode; ``batch`` on the model's device)::
+
+    inner = dmp.module          # the MultiTaskModel inside DistributedModelParallel
+    mats = inner.fusion_matrices(batch)     # list of [R_l, U_l] per level, or None
+    names = inner.fusion_matrix_labels()    # list of (row names, column names) per level
+
+Each call returns batch means, so averaging them over batches weighted by batch size gives
+the exact mean over an eval set. The sharded lookups inside are collective: under several
+ranks every rank must make the same calls.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +25,22 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 
 from datasets.batch import Batch
 from datasets.schema import Schema
-from models.adatt import AdaTT
 from models.bottoms import build_bottom
-from models.config import AdaTTConfig, ModelConfig
+from models.config import ModelConfig
 from models.embeddings import (
     build_embedding_bag_collection,
     build_embedding_collection,
     feature_max_len,
     pad_sequence,
     pool_jagged,
+    weighted_mean,
 )
+from models.fusion import build_fusion
 from models.losses import MultiTaskLoss
 from models.towers import TaskTowers
 
 ModelOutput = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+Labels = list[tuple[list[str], list[str]]]
 
 
 class MultiTaskModel(nn.Module):
@@ -55,12 +72,13 @@ class MultiTaskModel(nn.Module):
         # (name, comes from the EBC, pooling, static max length) per pooled feature, schema order.
         self._fields = [(f.name, f.table in bag, f.pooling, feature_max_len(f)) for f in features.sparse]
         self._sequences = [(s.name, s.max_len) for s in features.sequences]
+        self._weighted = features.weighted_pooling
 
         num_tasks = len(schema.tasks)
         self.bottom = build_bottom(schema, cfg).to(dense_device)
-        if not isinstance(cfg.fusion, AdaTTConfig):
-            raise ValueError(f"unknown fusion config {cfg.fusion!r}")
-        self.fusion = AdaTT(num_tasks, self.bottom.out_dim, cfg.fusion).to(dense_device)
+        self.fusion = build_fusion(
+            num_tasks, self.bottom.out_dim, cfg.fusion, identical_rows=not self.bottom.task_specific
+        ).to(dense_device)
         self.towers = TaskTowers(num_tasks, self.fusion.out_dim, cfg.tower_dims, cfg.activation).to(dense_device)
         self.loss_fn = MultiTaskLoss(schema.tasks).to(dense_device)
 
@@ -71,10 +89,14 @@ class MultiTaskModel(nn.Module):
         lengths M × [B])."""
         pooled = self.ebc(batch.sparse).to_dict() if self.ebc is not None else {}
         looked_up = self.ec(batch.sequence) if self.ec is not None else {}
-        fields = [
-            pooled[name] if from_bag else pool_jagged(looked_up[name], pooling, max_len)
-            for name, from_bag, pooling, max_len in self._fields
-        ]
+        fields = []
+        for name, from_bag, pooling, max_len in self._fields:
+            if not from_bag:
+                fields.append(pool_jagged(looked_up[name], pooling, max_len))
+            elif self._weighted and pooling == "mean":  # the weighted EBC pooled Σ w·e
+                fields.append(weighted_mean(pooled[name], batch.sparse[name], max_len))
+            else:
+                fields.append(pooled[name])
         sequences, lengths = [], []
         for name, max_len in self._sequences:
             padded, n = pad_sequence(looked_up[name], max_len)
@@ -82,11 +104,14 @@ class MultiTaskModel(nn.Module):
             lengths.append(n)
         return fields, sequences, lengths
 
+    def task_inputs(self, batch: Batch) -> torch.Tensor:
+        """The bottom's per-task inputs to the fusion [B, T, D_b]."""
+        fields, sequences, lengths = self.embed(batch)
+        return self.bottom(batch.dense, fields, sequences, lengths)
+
     def logits(self, batch: Batch) -> torch.Tensor:
         """→ logits [B, T]."""
-        fields, sequences, lengths = self.embed(batch)
-        bottom = self.bottom(batch.dense, fields, sequences, lengths)  # [B, T, D_b]
-        return self.towers(self.fusion(bottom))
+        return self.towers(self.fusion(self.task_inputs(batch)))
 
     def forward(self, batch: Batch) -> ModelOutput:
         """→ ``(loss, (loss.detach(), logits [B, T], predictions [B, T], labels [B, T],
@@ -96,6 +121,39 @@ class MultiTaskModel(nn.Module):
         loss, _ = self.loss_fn(logits, batch.labels, batch.weights)
         predictions = self.loss_fn.predictions(logits.detach())
         return loss, (loss.detach(), logits.detach(), predictions, batch.labels, batch.weights)
+
+    # ------------------------------------------------------------------ introspection (eval)
+
+    @torch.no_grad()
+    def fusion_matrices(self, batch: Batch) -> Optional[list[torch.Tensor]]:
+        """Task-to-task fusion matrices, one [R_l, U_l] per fusion level, averaged over the batch.
+
+        Rows are the units that fuse at level l (the tasks, then ``shared`` where a shared unit
+        fuses), columns the units that own experts (the tasks, then ``shared``); see
+        :meth:`fusion_matrix_labels`. Entry (r, u) is the gate mass unit r puts on unit u's
+        experts (AdaTT, AdaTT-sp, PLE; rows sum to 1), or the stitch weight α_{r,u}
+        (cross-stitch). None for fusions whose experts belong to no task (shared_bottom, mmoe,
+        ml_mmoe), without a lookup.
+        """
+        if self.fusion_matrix_labels() is None:
+            return None
+        return self.fusion.fusion_matrices(self.task_inputs(batch))
+
+    @torch.no_grad()
+    def gate_matrices(self, batch: Batch) -> Optional[list[torch.Tensor]]:
+        """Per fusion level, the batch-mean gates [R_l, N_l] over individual experts (AdaTT,
+        AdaTT-sp, PLE, MMoE, ML-MMoE; see :meth:`gate_matrix_labels`), or None without gates."""
+        if self.gate_matrix_labels() is None:
+            return None
+        return [g.mean(dim=0) for g in self.fusion.gate_weights(self.task_inputs(batch))]
+
+    def fusion_matrix_labels(self) -> Optional[Labels]:
+        """(row names, column names) of each :meth:`fusion_matrices` entry."""
+        return self.fusion.fusion_labels(self.schema.task_names)
+
+    def gate_matrix_labels(self) -> Optional[Labels]:
+        """(row names, expert names ``unit/j`` or ``L<level>/j``) of each :meth:`gate_matrices` entry."""
+        return self.fusion.gate_labels(self.schema.task_names)
 
 
 def build_model(

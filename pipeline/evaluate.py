@@ -48,7 +48,7 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def evaluate(cfg: ExperimentConfig, checkpoint: Path, data: str, batch_size: int, info: DistInfo) -> dict:
-    model, _ = build_sharded_model(cfg, info, sparse_opt=None)
+    model, _, _ = build_sharded_model(cfg, info, sparse_opt=None)
     state = {"model": model.state_dict()}
     ckpt.load_checkpoint(checkpoint, state)
     model.load_state_dict(state["model"])

@@ -40,6 +40,7 @@ from pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_par
 from pipeline.optimizers import build_optimizer, fuse_sparse_optimizer
 from pipeline.scoring import score
 from pipeline.train_metrics import TrainMetrics
+from sharding.plan import PlanRecorder, format_memory_summary, quiet_planner
 from sharding.planner import describe_plan, format_plan, plan_and_shard
 
 
@@ -81,13 +82,18 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
     """Model with its tables on the meta device, planned and sharded across the process group.
 
     With ``sparse_opt`` the embedding tables get that optimizer fused into their backward.
-    Returns (DMP model, sharding plan).
+    Returns (DMP model, sharding plan, per-rank memory summary — on rank 0 only, else None).
     """
     model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
     if sparse_opt is not None:
         fuse_sparse_optimizer((model.ebc, model.ec), sparse_opt)
     tables = [t.name for t in cfg.features.tables]
-    return plan_and_shard(model, cfg.sharding, tables, info.device, cfg.data.batch_size, info.local_world_size)
+    recorder = PlanRecorder()
+    with quiet_planner():
+        dmp, plan = plan_and_shard(
+            model, cfg.sharding, tables, info.device, cfg.data.batch_size, info.local_world_size, stats=[recorder]
+        )
+    return dmp, plan, recorder.summary()
 
 
 def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, epochs: int) -> Iterator[Batch]:
@@ -193,9 +199,11 @@ class Trainer:
                 drop_last=False,
             )
 
-        self.model, plan = build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
+        self.model, plan, memory = build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
         self.plan_rows = describe_plan(plan)
         say(f"sharding plan ({info.world_size} ranks, {info.device.type}):\n{format_plan(plan)}", enabled=self.main)
+        if memory is not None:
+            say(format_memory_summary(memory), enabled=self.main)
         self.optimizer, self.dense_optimizer, self.scheduler = build_optimizer(
             self.model, self.model.fused_optimizer, cfg.train, self.max_steps
         )

@@ -16,6 +16,7 @@ from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.planner.types import Stats
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
@@ -84,7 +85,10 @@ def make_planner(
     device_type: str,
     batch_size: int,
     memory: MachineMemory | None = None,
+    stats: list[Stats] | None = None,
 ) -> EmbeddingShardingPlanner:
+    """``stats``: TorchRec planner Stats hooks called with the chosen plan (e.g.
+    ``sharding.plan.PlanRecorder``); None keeps TorchRec's default."""
     memory = memory or machine_memory(device_type, local_world_size, cfg)
     return EmbeddingShardingPlanner(
         topology=make_topology(world_size, local_world_size, device_type, memory),
@@ -92,6 +96,7 @@ def make_planner(
         constraints=make_constraints(cfg, table_names),
         storage_reservation=HeuristicalStorageReservation(percentage=cfg.storage_reservation),
         debug=False,
+        stats=stats,
     )
 
 
@@ -124,14 +129,16 @@ def plan_and_shard(
     device: torch.device,
     batch_size: int,
     local_world_size: int,
+    stats: list[Stats] | None = None,
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Plan ``model``'s embedding tables across the default process group and wrap it in DMP.
 
     Rank 0 plans and broadcasts, so every rank holds the same plan. The model may live on the
     meta device: DMP materialises each rank's shards (and the dense part) on ``device``.
+    ``stats`` go to :func:`make_planner`; they are called on rank 0 only (the rank that plans).
     """
     world_size = dist.get_world_size()
-    planner = make_planner(cfg, table_names, world_size, local_world_size, device.type, batch_size)
+    planner = make_planner(cfg, table_names, world_size, local_world_size, device.type, batch_size, stats=stats)
     sharders = default_sharders()
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(

@@ -33,7 +33,7 @@ def test_overrides_by_path_and_list_name(repo_root):
     [
         ("train.learning_rate=0.1", "train.learning_rate", "unknown key"),
         ("train.max_steps=ten", "train.max_steps", "expected an integer"),
-        ("model.fusion.type=moe", "model.fusion.type", "expected one of"),
+        ("model.fusion.type=moe", "model.fusion.type", "unknown type 'moe'"),
         ("model.bottom.type=transformer", "model.bottom.type", "unknown type"),
         ("features.tables.0.dim=-1", "features.tables[0]", "must be positive"),
         ("tasks.convert.space=nope", "tasks", "another binary task"),

@@ -7,116 +7,161 @@ import torch
 
 from models.adatt import AdaTT
 from models.config import AdaTTConfig
+from models.experts import ExpertBank, GateBank
+
+# ----------------------------------------------------------------- plain-Python equations
 
 
-def _relu(v):
+def relu(v):
     return [max(0.0, a) for a in v]
 
 
-def _matvec(x, w, b):
+def matvec(x, w, b):
     """x [in] (list), w [in, out] tensor, b [out] tensor → list [out]."""
     return [sum(x[i] * float(w[i, o]) for i in range(len(x))) + float(b[o]) for o in range(w.shape[1])]
 
 
-def _softmax(z):
+def softmax(z):
     m = max(z)
     e = [math.exp(a - m) for a in z]
     s = sum(e)
     return [a / s for a in e]
 
 
-def _random_params(T, m, m_s, dims, seed=0):
-    """Per-expert parameters, in the paper's terms, for every level."""
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g) * 0.7  # noqa: E731
-    levels = []
-    for l, (din, d) in enumerate(zip(dims[:-1], dims[1:])):
-        N = sum(m) + m_s
-        levels.append(
-            {
-                "task_w": [[rnd(din, d) for _ in range(m[t])] for t in range(T)],
-                "task_b": [[rnd(d) for _ in range(m[t])] for t in range(T)],
-                "shared_w": [rnd(din, d) for _ in range(m_s)],
-                "shared_b": [rnd(d) for _ in range(m_s)],
-                "gate_w": [rnd(din, N) for _ in range(T)],
-                "gate_b": [rnd(N) for _ in range(T)],
-                "sgate_w": rnd(din, N),
-                "sgate_b": rnd(N),
-                "v": [rnd(m[t]) + 1.0 for t in range(T)],
-            }
-        )
-    return levels
-
-
-def _load(model: AdaTT, params, m, m_s):
-    """Write the per-expert parameters into the module (experts ordered task 0…, task 1…, shared)."""
-    with torch.no_grad():
-        for level, p in zip(model.levels, params):
-            d = level.out_dim
-            if level.uniform:
-                for t in range(len(m)):
-                    for j in range(m[t]):
-                        level.task_experts.weight[t, :, j * d : (j + 1) * d] = p["task_w"][t][j]
-                        level.task_experts.bias[t, j * d : (j + 1) * d] = p["task_b"][t][j]
-            else:
-                for t, layer in enumerate(level.task_experts):
-                    for j in range(m[t]):
-                        layer.weight[j * d : (j + 1) * d] = p["task_w"][t][j].T
-                        layer.bias[j * d : (j + 1) * d] = p["task_b"][t][j]
-            for j in range(m_s):
-                level.shared_expert_layer.weight[j * d : (j + 1) * d] = p["shared_w"][j].T
-                level.shared_expert_layer.bias[j * d : (j + 1) * d] = p["shared_b"][j]
-            for t in range(len(m)):
-                level.task_gates.weight[t] = p["gate_w"][t]
-                level.task_gates.bias[t] = p["gate_b"][t]
-            if level.shared_gate is not None:
-                level.shared_gate.weight.copy_(p["sgate_w"].T)
-                level.shared_gate.bias.copy_(p["sgate_b"])
-            if level.native is not None:
-                level.native.copy_(torch.cat([p["v"][t] for t in range(len(m)) if m[t] > 1]))
-
-
-def _reference(x, params, m, m_s):
-    """Eqs. 4, 9–11 for one sample: x is a list of T input lists. Returns T output lists."""
-    T = len(m)
-    xs = [sum(x[t][i] for t in range(T)) / T for i in range(len(x[0]))] if m_s else None
-    for l, p in enumerate(params):
-        last = l == len(params) - 1
-        # eq. 4: task t's experts read task t's previous output only; shared experts read the shared unit.
-        E_task = [[_relu(_matvec(x[t], p["task_w"][t][j], p["task_b"][t][j])) for j in range(m[t])] for t in range(T)]
-        E_shared = [_relu(_matvec(xs, p["shared_w"][j], p["shared_b"][j])) for j in range(m_s)]
-        E_all = [e for t in range(T) for e in E_task[t]] + E_shared
-        d = len(E_all[0])
-        new_x = []
-        for t in range(T):
-            g = _softmax(_matvec(x[t], p["gate_w"][t], p["gate_b"][t]))  # AllExpertGF gate over all experts
-            v = [1.0] if m[t] == 1 else [float(a) for a in p["v"][t]]  # NativeExpertLF; fixed 1 when m_t = 1
-            f = [sum(v[j] * E_task[t][j][k] for j in range(m[t])) for k in range(d)]
-            f = [f[k] + sum(g[i] * E_all[i][k] for i in range(len(E_all))) for k in range(d)]
-            new_x.append(f)
-        if m_s and not last:
-            gs = _softmax(_matvec(xs, p["sgate_w"], p["sgate_b"]))
-            xs = [sum(gs[i] * E_all[i][k] for i in range(len(E_all))) for k in range(d)]
-        x = new_x
+def expert(x, layers):
+    """An expert: Linear → ReLU for every (w, b) in ``layers``."""
+    for w, b in layers:
+        x = relu(matvec(x, w, b))
     return x
 
 
+def mix(weights, vectors):
+    """Σ_i weights[i] · vectors[i]."""
+    return [sum(w * v[k] for w, v in zip(weights, vectors)) for k in range(len(vectors[0]))]
+
+
+def random_expert(g, widths):
+    """Random (w, b) layers for widths [in, h1, …, out]."""
+    return [
+        (torch.randn(a, b, generator=g) * 0.7, torch.randn(b, generator=g) * 0.7) for a, b in zip(widths, widths[1:])
+    ]
+
+
+def set_expert(bank: ExpertBank, n: int, layers) -> None:
+    with torch.no_grad():
+        for layer, (w, b) in zip(bank.mlp.layers, layers):
+            layer.weight[n] = w
+            layer.bias[n] = b
+
+
+def set_gate(bank: GateBank, r: int, w, b) -> None:
+    """Gate r's logits over its span: w [in, |span|], b [|span|]."""
+    with torch.no_grad():
+        if bank.ragged:
+            bank.rows[r].weight.copy_(w.T)
+            bank.rows[r].bias.copy_(b)
+        else:
+            bank.linear.weight[r] = w
+            bank.linear.bias[r] = b
+
+
+# ----------------------------------------------------------------- AdaTT in the paper's terms
+
+
+def random_adatt(T, m, m_s, in_dim, levels, seed=0):
+    """Per level: experts[u][j] (u = task, or T for shared), gate (w, b) per fusing unit, v[u]."""
+    g = torch.Generator().manual_seed(seed)
+    params, d_in = [], in_dim
+    counts = m + ([m_s] if m_s else [])
+    for l, dims in enumerate(levels):
+        N = sum(counts)
+        fusing = T + (1 if m_s and l < len(levels) - 1 else 0)
+        params.append(
+            {
+                "experts": [[random_expert(g, [d_in, *dims]) for _ in range(c)] for c in counts],
+                "gates": [(torch.randn(d_in, N, generator=g), torch.randn(N, generator=g)) for _ in range(fusing)],
+                "v": [(torch.randn(c, generator=g) * 0.5 + 1.0).tolist() for c in counts],
+            }
+        )
+        d_in = dims[-1]
+    return params
+
+
+def load_adatt(model: AdaTT, params, m, m_s, shared_residual=True) -> None:
+    """Write paper-term parameters into the module (experts ordered task 0…, task 1…, shared;
+    learned native weights for every fusing unit with more than one native expert)."""
+    T = len(m)
+    with torch.no_grad():
+        for level, p in zip(model.levels, params):
+            n = 0
+            for unit in p["experts"]:
+                for layers in unit:
+                    set_expert(level.experts, n, layers)
+                    n += 1
+            for r, (w, b) in enumerate(p["gates"]):
+                set_gate(level.gates, r, w, b)
+            learned = [
+                v
+                for r in range(len(p["gates"]))
+                if len(p["experts"][r]) > 1 and (r < T or shared_residual)
+                for v in p["v"][r]
+            ]
+            assert (level.native is None) == (not learned)
+            if learned:
+                level.native.copy_(torch.tensor(learned))
+
+
+def adatt_reference(x, params, m, m_s, shared_residual=True):
+    """Eqs. 4–10 for one sample: x is T input lists → T output lists."""
+    T = len(m)
+    units = [list(x[t]) for t in range(T)]
+    if m_s:
+        units.append([sum(x[t][i] for t in range(T)) / T for i in range(len(x[0]))])  # f_s^0: mean of tasks
+    for l, p in enumerate(params):
+        # eq. 4: unit u's experts read unit u's previous output only.
+        E = [[expert(units[u], layers) for layers in p["experts"][u]] for u in range(len(units))]
+        E_all = [e for unit in E for e in unit]
+        fused = []
+        for r, (w, b) in enumerate(p["gates"]):
+            gate = softmax(matvec(units[r], w, b))  # eq. 10: AllExpertGF gate over ALL experts
+            out = mix(gate, E_all)  # eq. 9
+            if r < T or shared_residual:
+                v = [1.0] if len(E[r]) == 1 else p["v"][r]  # eq. 8: unit weight when one native expert
+                out = [a + c for a, c in zip(out, mix(v, E[r]))]  # eq. 7
+            fused.append(out)
+        units = fused
+    return units
+
+
 @pytest.mark.parametrize(
-    "m, m_s, kind",
-    [([2, 2], 1, "adatt"), ([2, 2], 0, "adatt_sp"), ([1, 3], 2, "adatt"), ([1, 1], 1, "adatt")],
+    "m, m_s, kind, levels, shared_residual",
+    [
+        ([2, 2], 1, "adatt", [[2], [2]], True),
+        ([2, 2], 0, "adatt_sp", [[2], [2]], True),
+        ([1, 3], 2, "adatt", [[2], [2]], True),
+        ([1, 3], 2, "adatt", [[2], [2]], False),
+        ([1, 1], 1, "adatt", [[2], [2]], True),
+        ([2, 1, 3], 2, "adatt", [[3, 2], [2], [2]], True),  # 3 tasks, 3 levels, 2-layer experts
+    ],
 )
-def test_matches_paper_equations(m, m_s, kind):
-    T, dims = 2, [3, 2, 2]
+def test_matches_paper_equations(m, m_s, kind, levels, shared_residual):
+    T, in_dim = len(m), 3
     per_task = m if len(set(m)) > 1 else m[0]
-    cfg = AdaTTConfig(type=kind, expert_dims=dims[1:], experts_per_task=per_task, shared_experts=max(m_s, 1))
-    model = AdaTT(T, dims[0], cfg)
-    params = _random_params(T, m, m_s, dims)
-    _load(model, params, m, m_s)
-    x = torch.randn(4, T, dims[0], generator=torch.Generator().manual_seed(1))
+    cfg = AdaTTConfig(
+        type=kind,
+        expert_dims=[d if len(d) > 1 else d[0] for d in levels],
+        experts_per_task=per_task,
+        shared_experts=m_s or None,
+        shared_residual=shared_residual,
+    )
+    model = AdaTT(T, in_dim, cfg)
+    params = random_adatt(T, m, m_s, in_dim, levels)
+    load_adatt(model, params, m, m_s, shared_residual)
+    x = torch.randn(4, T, in_dim, generator=torch.Generator().manual_seed(1))
     out = model(x)
-    assert out.shape == (4, T, dims[-1])
+    assert out.shape == (4, T, levels[-1][-1])
     for b in range(4):
-        ref = _reference(x[b].tolist(), params, m, m_s)
+        ref = adatt_reference(x[b].tolist(), params, m, m_s, shared_residual)
         torch.testing.assert_close(out[b], torch.tensor(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -135,40 +180,84 @@ def test_single_expert_native_weight_is_fixed_one():
     assert v[1, 0] == 0.0 and torch.all(v[1, 1:] > 0)
 
 
-def test_gates_sum_to_one_and_fusion_matrix():
+def test_unit_residual_when_one_expert_per_task():
+    """m_t = 1: f_t = E_t + Σ_i g_{t,i} E_i exactly (no learned native weight)."""
+    torch.manual_seed(0)
+    model = AdaTT(3, 4, AdaTTConfig(type="adatt_sp", expert_dims=[5], experts_per_task=1))
+    level = model.levels[0]
+    x = torch.randn(6, 3, 4)
+    experts = level.experts(x)  # [B, 3, 5], expert t is task t's
+    gates = level.gates(x)
+    expected = experts + torch.einsum("btn,bnd->btd", gates, experts)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_native_weights_learn_when_several_experts():
+    torch.manual_seed(0)
+    model = AdaTT(2, 4, AdaTTConfig(type="adatt", expert_dims=[6, 3], experts_per_task=[1, 3], shared_experts=2))
+    before = [level.native.detach().clone() for level in model.levels]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, target = torch.randn(32, 2, 4), torch.randn(32, 2, 3)
+    for _ in range(3):
+        loss = (model(x)[:, 1] - target[:, 1]).pow(2).mean()  # train on task 1 only
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # Level 1 learns task 1's 3 weights and the shared unit's 2; the last level task 1's 3.
+    assert [b.numel() for b in before] == [5, 3]
+    for old, level in zip(before, model.levels):
+        assert not torch.allclose(old, level.native.detach())
+
+
+def test_gates_sum_to_one_over_all_experts_and_fusion_matrix():
     model = AdaTT(3, 5, AdaTTConfig(type="adatt", expert_dims=[6, 4, 2], experts_per_task=2, shared_experts=2))
     x = torch.randn(7, 3, 5)
     gates = model.gate_weights(x)
     assert [g.shape for g in gates] == [(7, 4, 8), (7, 4, 8), (7, 3, 8)]  # no shared row at the last level
     for g in gates:
         torch.testing.assert_close(g.sum(-1), torch.ones(g.shape[:2]))
-    fusion = model.fusion_matrix(x)
+        assert torch.all(g > 0)  # every gate spans every expert of every task
+    fusion = model.fusion_matrices(x)
     assert [f.shape for f in fusion] == [(4, 4), (4, 4), (3, 4)]
-    for f in fusion:
+    for f, g in zip(fusion, gates):
         torch.testing.assert_close(f.sum(-1), torch.ones(f.shape[0]))
+        # column u = mass on unit u's two experts, batch-averaged
+        torch.testing.assert_close(f[:, 0], g.mean(0)[:, 0:2].sum(-1))
+        torch.testing.assert_close(f[:, 3], g.mean(0)[:, 6:8].sum(-1))
+    rows, cols = model.fusion_labels(["a", "b", "c"])[0]
+    assert rows == cols == ["a", "b", "c", "shared"]
+    assert model.fusion_labels(["a", "b", "c"])[-1][0] == ["a", "b", "c"]
+    experts = ["a/0", "a/1", "b/0", "b/1", "c/0", "c/1", "shared/0", "shared/1"]
+    assert model.gate_labels(["a", "b", "c"])[0][1] == experts
 
 
 def test_shared_unit_does_not_fuse_at_last_level():
     torch.manual_seed(0)
-    model = AdaTT(2, 3, AdaTTConfig(type="adatt", expert_dims=[4, 4], experts_per_task=2, shared_experts=1))
+    model = AdaTT(2, 3, AdaTTConfig(type="adatt", expert_dims=[4, 4], experts_per_task=2, shared_experts=2))
     first, last = model.levels
-    assert first.shared_gate is not None and last.shared_gate is None
-    assert last.shared_expert_layer is not None  # shared experts still feed the task gates
+    assert first.num_gates == 3 and last.num_gates == 2
+    assert last.experts.num_experts == 6  # shared experts still feed the task gates
+    assert first.native.numel() == 6 and last.native.numel() == 4  # no shared residual at the last level
     x = torch.randn(32, 2, 3, generator=torch.Generator().manual_seed(0))
     out = model(x)
+    assert out.shape == (32, 2, 4)
     out.sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_adatt_sp_has_no_shared_unit():
-    model = AdaTT(2, 3, AdaTTConfig(type="adatt_sp", expert_dims=[4, 4], experts_per_task=2, shared_experts=5))
-    assert all(level.shared_expert_layer is None and level.shared_gate is None for level in model.levels)
-    assert model.levels[0].num_experts == 4
+    model = AdaTT(2, 3, AdaTTConfig(type="adatt_sp", expert_dims=[4, 4], experts_per_task=2))
+    assert all(level.experts.num_units == 2 and level.num_gates == 2 for level in model.levels)
+    assert model.levels[0].experts.num_experts == 4
 
 
 def test_rejects_bad_expert_counts():
     with pytest.raises(ValueError, match="3 counts for 2 tasks"):
         AdaTT(2, 3, AdaTTConfig(expert_dims=[4], experts_per_task=[1, 2, 3]))
     with pytest.raises(ValueError, match="shared_experts"):
-        AdaTT(2, 3, AdaTTConfig(type="adatt", expert_dims=[4], shared_experts=0))
+        AdaTTConfig(type="adatt", expert_dims=[4], shared_experts=0)
+    with pytest.raises(ValueError, match="adatt_sp has no shared experts"):
+        AdaTTConfig(type="adatt_sp", shared_experts=2)
+    with pytest.raises(ValueError, match="experts_per_task"):
+        AdaTTConfig(experts_per_task=[1, 0])

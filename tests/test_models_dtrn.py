@@ -208,3 +208,58 @@ def test_shared_bottom_masked_mean():
     assert out.shape == (2, 2, 5)
     torch.testing.assert_close(out[:, 0], expected)
     torch.testing.assert_close(out[:, 1], expected)
+
+
+def _same_sequence_everywhere(seed=5):
+    """Inputs whose M sequences hold the same items (lengths [3, 1, 0] over the batch)."""
+    g = torch.Generator().manual_seed(seed)
+    dense, fields, _, _ = _inputs(LENGTHS)
+    items = torch.randn(B, 3, D, generator=g)
+    n = [3, 1, 0]
+    for b in range(B):
+        items[b, n[b] :] = 0.0
+    sequences = [torch.cat([items, torch.zeros(B, L - 3, D)], dim=1) for L in MAX_LENS]
+    lengths = [torch.tensor(n) for _ in MAX_LENS]
+    return dense, fields, sequences, lengths
+
+
+def _interests(model, inputs):
+    return model.task_fields(*inputs)[:, :, -len(BEHAVIORS) :]  # [B, K, M, D]
+
+
+@pytest.mark.parametrize("pooling", ["target", "mean"])
+def test_hypernetwork_is_the_only_task_and_type_conditioning(pooling):
+    """Same sequence in every slot: the K·M encodings differ only through the hypernetwork."""
+    model = _make(pooling)
+    inputs = _same_sequence_everywhere()
+    with torch.no_grad():
+        differ = _interests(model, inputs)
+        assert not torch.allclose(differ[:2, 0, 0], differ[:2, 1, 0], atol=1e-4)  # tasks differ
+        assert not torch.allclose(differ[:2, 0, 0], differ[:2, 0, 1], atol=1e-4)  # types differ
+
+        # (a) equal conditions: every (task, type) pair gets the same γ/β.
+        hyper = model.tim.hyper
+        hyper.task_embedding.copy_(hyper.task_embedding[:1].expand_as(hyper.task_embedding))
+        hyper.type_embedding.copy_(hyper.type_embedding[:1].expand_as(hyper.type_embedding))
+        equal = _interests(model, inputs)
+        # (b) hypernetwork output zeroed: γ = 1, β = 0 everywhere.
+        model = _make(pooling)
+        model.tim.hyper.out.weight.zero_()
+        model.tim.hyper.out.bias.zero_()
+        zeroed = _interests(model, inputs)
+    for interests in (equal, zeroed):
+        reference = interests[:, :1, :1].expand_as(interests)
+        torch.testing.assert_close(interests, reference, rtol=0, atol=1e-6)
+        assert torch.all(interests[2] == 0)  # the empty row
+        assert interests[:2].abs().sum() > 0
+
+
+def test_trm_gate_scale():
+    model = _make("mean")
+    fields = model.task_fields(*_inputs(LENGTHS))
+    weights = model.trm.field_weights(fields)
+    assert weights.shape == (B, K, model.num_fields) and torch.all((weights > 0) & (weights < 2))
+    model.trm.gate_scale = 1.0
+    torch.testing.assert_close(model.trm.field_weights(fields), weights / 2)
+    with pytest.raises(ValueError, match="trm_gate_scale"):
+        DTRNConfig(pooling="mean", trm_gate_scale=0.0)

@@ -1,5 +1,7 @@
-"""The whole model on the demo schema: forward/backward, fx tracing, meta build, variants."""
+"""The whole model on the demo schema: every bottom × fusion composes, trains (gradients
+everywhere) and fx-traces; meta build; weighted pooling; introspection; the documented YAML."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,14 +13,29 @@ from datasets.batch import Batch
 from datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
 from fusionrec.typedconfig import from_dict, load_yaml
 from models import MultiTaskModel, build_model
-from models.config import AdaTTConfig, DTRNConfig, ModelConfig, SharedBottomConfig
+from models.config import (
+    AdaTTConfig,
+    CrossStitchConfig,
+    DTRNConfig,
+    MMoEConfig,
+    ModelConfig,
+    PLEConfig,
+    SharedBottomConfig,
+    SharedBottomFusionConfig,
+)
 from models.embeddings import bag_table_configs, pad_sequence, pool_jagged, sequence_mask, sequence_table_configs
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+DOCS = REPO / "docs" / "models.md"
 
 
-def demo() -> tuple[Schema, ModelConfig]:
+def demo(weighted: bool = False) -> tuple[Schema, ModelConfig]:
+    """The demo schema and model; ``weighted`` gives ``user_tags`` (a mean-pooled id list) per-id weights."""
     data = load_yaml(DEMO)
+    if weighted:
+        tags = next(f for f in data["features"]["sparse"] if f["name"] == "user_tags")
+        tags["weight_column"] = "user_tags_weight"
     schema = Schema(
         features=from_dict(FeatureSchema, data["features"], key="features"),
         tasks=[from_dict(TaskConfig, t, key="tasks") for t in data["tasks"]],
@@ -27,12 +44,14 @@ def demo() -> tuple[Schema, ModelConfig]:
 
 
 def make_batch(schema: Schema, batch_size: int = 6, seed: int = 0) -> Batch:
-    """A hand-built batch: scalars have one id, lists 0..max_len ids, row 0's sequences are empty."""
+    """A hand-built batch: scalars have one id, lists 0..max_len ids, row 0's sequences are empty;
+    with weighted pooling the ``sparse`` KJT carries weights (random in [0.5, 1.5) for features
+    with a weight column, 1 for the others)."""
     g = torch.Generator().manual_seed(seed)
     features = schema.features
 
-    def kjt(feats) -> KeyedJaggedTensor:
-        lengths, values = [], []
+    def kjt(feats, weighted=False) -> KeyedJaggedTensor:
+        lengths, values, weights = [], [], []
         for f in feats:
             rows = features.table(f.table).num_embeddings
             for b in range(batch_size):
@@ -44,10 +63,13 @@ def make_batch(schema: Schema, batch_size: int = 6, seed: int = 0) -> Batch:
                     n = 1
                 lengths.append(n)
                 values.append(torch.randint(0, rows, (n,), generator=g))
+                has_weights = getattr(f, "weight_column", None) is not None
+                weights.append(torch.rand(n, generator=g) + 0.5 if has_weights else torch.ones(n))
         return KeyedJaggedTensor.from_lengths_sync(
             keys=[f.name for f in feats],
             values=torch.cat(values) if values else torch.zeros(0, dtype=torch.long),
             lengths=torch.tensor(lengths, dtype=torch.int32),
+            weights=torch.cat(weights) if weighted else None,
         )
 
     labels = torch.randint(0, 2, (batch_size, len(schema.tasks)), generator=g).float()
@@ -56,7 +78,7 @@ def make_batch(schema: Schema, batch_size: int = 6, seed: int = 0) -> Batch:
             labels[:, i] = torch.randn(batch_size, generator=g)
     return Batch(
         dense=torch.randn(batch_size, len(features.dense), generator=g),
-        sparse=kjt(features.pooled_features),
+        sparse=kjt(features.pooled_features, weighted=features.weighted_pooling),
         sequence=kjt(features.sequence_table_features),
         labels=labels,
         weights=torch.rand(batch_size, generator=g) + 0.5,
@@ -76,15 +98,16 @@ def test_demo_forward_backward_reaches_every_parameter():
     torch.testing.assert_close(preds, torch.sigmoid(logits))
     loss.backward()
     names = [n for n, _ in model.named_parameters()]
-    for part in ("ebc.", "ec.", "tim.hyper", "tim.layers", "trm.", "fusion.levels.0.task_gates", "shared_gate",
-                 "native", "task_experts", "shared_expert_layer", "towers."):
+    for part in ("ebc.", "ec.", "tim.hyper", "tim.layers", "trm.", "fusion.levels.0.gates", "fusion.levels.1.gates",
+                 "native", "fusion.levels.0.experts", "towers."):
         assert any(part in n for n in names), part
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-def test_fx_trace_matches_eager():
-    schema, cfg = demo()
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fx_trace_matches_eager(weighted):
+    schema, cfg = demo(weighted)
     torch.manual_seed(0)
     model = build_model(schema, cfg)
     batch = make_batch(schema, seed=3)
@@ -99,6 +122,122 @@ def test_fx_trace_matches_eager():
     calls = {n.target: n for n in graph.nodes if n.op == "call_module"}
     assert calls["ebc"].args[0].op == "call_function" and calls["ebc"].args[0].args[1] == "sparse"
     assert calls["ec"].args[0].args[1] == "sequence"
+
+
+FUSIONS = [
+    SharedBottomFusionConfig(hidden_dims=[24, 12]),
+    MMoEConfig(expert_dims=[[24, 12]], num_experts=4),
+    MMoEConfig(type="ml_mmoe", expert_dims=[24, 12], num_experts=[4, 3]),
+    PLEConfig(expert_dims=[24, 12], experts_per_task=[1, 2, 1], shared_experts=2),
+    CrossStitchConfig(expert_dims=[24, 12]),
+    AdaTTConfig(expert_dims=[24, 12], experts_per_task=1, shared_experts=3),
+    AdaTTConfig(type="adatt_sp", expert_dims=[24, [16, 12]], experts_per_task=2),
+]
+GATED = {"mmoe", "ml_mmoe", "ple", "adatt", "adatt_sp"}
+TASK_TO_TASK = {"ple", "cross_stitch", "adatt", "adatt_sp"}
+
+
+@pytest.mark.parametrize("bottom", ["dtrn", "shared"])
+@pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f.type)
+def test_every_fusion_composes_with_both_bottoms(bottom, fusion):
+    schema, cfg = demo()
+    model_cfg = ModelConfig(bottom=cfg.bottom if bottom == "dtrn" else SharedBottomConfig(), fusion=fusion)
+    torch.manual_seed(0)
+    model = build_model(schema, model_cfg)
+    assert model.bottom.task_specific == (bottom == "dtrn")
+    batch = make_batch(schema, batch_size=8, seed=1)
+    loss, out = model(batch)
+    assert out[1].shape == (8, 3)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+    gm = torchrec.fx.symbolic_trace(model)
+    traced_loss, traced_out = gm(batch)
+    torch.testing.assert_close(traced_loss, loss.detach())
+    torch.testing.assert_close(traced_out[1], out[1])
+
+    model.eval()
+    mats, labels = model.fusion_matrices(batch), model.fusion_matrix_labels()
+    gates, gate_labels = model.gate_matrices(batch), model.gate_matrix_labels()
+    assert (mats is not None) == (fusion.type in TASK_TO_TASK) == (labels is not None)
+    assert (gates is not None) == (fusion.type in GATED) == (gate_labels is not None)
+    for matrices, names in [(mats, labels), (gates, gate_labels)]:
+        for m, (rows, cols) in zip(matrices or [], names or []):
+            assert m.shape == (len(rows), len(cols)) and not m.requires_grad
+            if fusion.type != "cross_stitch":
+                torch.testing.assert_close(m.sum(-1), torch.ones(len(rows)))
+    if fusion.type in TASK_TO_TASK:
+        assert labels[0][0][:3] == ["click", "like", "convert"]
+
+
+def test_fusion_matrices_average_exactly_over_batches():
+    """Batch means weighted by batch size give the mean over the union of the batches."""
+    schema, cfg = demo()
+    torch.manual_seed(0)
+    model = build_model(schema, cfg).eval()
+    a, b = make_batch(schema, 4, seed=1), make_batch(schema, 8, seed=2)
+    whole = model.fusion.fusion_matrices(torch.cat([model.task_inputs(a), model.task_inputs(b)]).detach())
+    parts = [(4 * x + 8 * y) / 12 for x, y in zip(model.fusion_matrices(a), model.fusion_matrices(b))]
+    assert [tuple(m.shape) for m in parts] == [(4, 4), (3, 4)]  # level 1: tasks + shared unit; last: tasks
+    for w, p in zip(whole, parts):
+        torch.testing.assert_close(w, p)
+
+
+def test_weighted_pooling_by_hand():
+    tables = [
+        TableConfig("user", 30, 4), TableConfig("tag", 10, 4), TableConfig("topic", 12, 4), TableConfig("item", 20, 4)
+    ]
+    sparse = [
+        SparseFeature("user_id", "user"),
+        SparseFeature("tags", "tag", multi_valued=True, pooling="mean", max_len=3, weight_column="tags_w"),
+        SparseFeature("topics", "topic", multi_valued=True, max_len=3, weight_column="topics_w"),
+        SparseFeature("item_id", "item"),
+    ]
+    schema = Schema(
+        FeatureSchema(tables, dense=["x"], sparse=sparse, sequences=[SequenceFeature("views", "item", "view", 3)]),
+        [TaskConfig("click")],
+    )
+    assert schema.features.weighted_pooling
+    torch.manual_seed(0)
+    model = build_model(schema, ModelConfig(fusion=AdaTTConfig(expert_dims=[4])))
+    assert model.ebc.is_weighted()
+    batch = make_batch(schema, batch_size=2)
+    # keys in pooled_features order; unweighted user_id carries weight 1
+    batch.sparse = KeyedJaggedTensor.from_lengths_sync(
+        keys=["user_id", "tags", "topics"],
+        values=torch.tensor([3, 7, 1, 4, 2, 5, 6]),
+        lengths=torch.tensor([1, 1, 2, 0, 1, 2], dtype=torch.int32),
+        weights=torch.tensor([1.0, 1.0, 0.5, 2.0, 3.0, 1.0, -0.5]),
+    )
+    fields, _, _ = model.embed(batch)
+    user, tag, topic = (model.ebc.embedding_bags[t].weight.detach() for t in ("user", "tag", "topic"))
+    torch.testing.assert_close(fields[0], torch.stack([user[3], user[7]]))
+    # mean pooling with weights: the weighted mean Σ w·e / Σ w (an empty row gives 0)
+    torch.testing.assert_close(fields[1], torch.stack([(0.5 * tag[1] + 2.0 * tag[4]) / 2.5, torch.zeros(4)]))
+    torch.testing.assert_close(fields[2], torch.stack([3.0 * topic[2], topic[5] - 0.5 * topic[6]]))
+    loss, _ = model(batch)
+    loss.backward()
+    assert model.ebc.embedding_bags["tag"].weight.grad.abs().sum() > 0
+
+
+DOC_FUSIONS = {"shared_bottom", "mmoe", "ml_mmoe", "ple", "cross_stitch", "adatt", "adatt_sp"}
+
+
+def test_documented_model_configs_load_and_build():
+    """Every ``model:`` YAML block in docs/models.md loads with the typed loader and builds."""
+    import yaml
+
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    models = [yaml.safe_load(b)["model"] for b in blocks if b.lstrip().startswith("model:")]
+    assert {m["fusion"]["type"] for m in models} == DOC_FUSIONS
+    schema, _ = demo()
+    for data in models:
+        cfg = from_dict(ModelConfig, data, key="model", source=str(DOCS))
+        torch.manual_seed(0)
+        model = build_model(schema, cfg)
+        loss, _ = model(make_batch(schema, batch_size=2))
+        assert torch.isfinite(loss), data
 
 
 def test_meta_device_keeps_dense_modules_on_cpu():
