@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +131,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls."""
+    """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls.
+
+    The model part is checked first (:func:`check_compatible`), so a checkpoint of another
+    model fails with the names of the tables and parameters that differ."""
     read_meta(path)
+    if "model" in state:
+        check_compatible(path, state)
     dcp.load(state, checkpoint_id=str(path))
 
 
@@ -139,3 +145,40 @@ def load_rank_state(path: str | Path, rank: int) -> dict[str, Any] | None:
     """The per-rank state saved by ``rank`` in checkpoint ``path``, or None if there is none."""
     file = Path(path) / RANKS / f"rank{rank}.pt"
     return torch.load(file, weights_only=False) if file.is_file() else None
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not hold what the configured model expects; names what differs."""
+
+
+def _describe_key(key: str) -> str:
+    """``model.ebc.embedding_bags.user.weight`` -> ``table 'user' (model.ebc...)``."""
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[-1] == "weight" and parts[-3] in ("embedding_bags", "embeddings"):
+        return f"table {parts[-2]!r} ({key})"
+    return key
+
+
+def check_compatible(path: str | Path, state: dict[str, Any], prefix: str = "model") -> None:
+    """Compare the tensors saved under ``prefix`` in checkpoint ``path`` with ``state[prefix]``
+    (names and global shapes) before loading; raise CheckpointMismatchError naming every table
+    or parameter that is missing, unexpected or of another shape."""
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = {k: v for k, v in saved.items() if k.startswith(prefix + ".")}
+    wanted = {f"{prefix}.{k}": v for k, v in state[prefix].items()}
+    problems = []
+    for key in sorted(set(wanted) - set(saved)):
+        problems.append(f"missing from the checkpoint: {_describe_key(key)}")
+    for key in sorted(set(saved) - set(wanted)):
+        problems.append(f"in the checkpoint but not in the model: {_describe_key(key)}")
+    for key in sorted(set(saved) & set(wanted)):
+        have = tuple(getattr(saved[key], "size", ()) or ())
+        with warnings.catch_warnings():  # ShardedTensor.size() warns that it is deprecated
+            warnings.simplefilter("ignore")
+            want = tuple(wanted[key].size()) if hasattr(wanted[key], "size") else ()
+        if have and want and have != want:
+            problems.append(f"{_describe_key(key)}: checkpoint {list(have)}, model {list(want)}")
+    problems.sort(key=lambda p: "table '" not in p)  # embedding tables first: usually the cause
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CheckpointMismatchError(f"{path} does not match the configured model: {shown}")

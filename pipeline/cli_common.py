@@ -10,6 +10,7 @@ from typing import Iterator
 
 from datasets.reader import DataError
 from fusionrec.typedconfig import ConfigError
+from pipeline.checkpoint import CheckpointMismatchError
 from pipeline.config import ExperimentConfig, load_config
 
 
@@ -32,7 +33,7 @@ def load_job_config(path: str, overrides: list[str]) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
-USER_ERRORS = (ConfigError, DataError, UserError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, UserError, FileNotFoundError, CheckpointMismatchError)
 
 
 def _rank_prefix() -> str:

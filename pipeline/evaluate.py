@@ -22,7 +22,8 @@ from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, 
 from pipeline.config import ExperimentConfig
 from pipeline.distributed import DistInfo, init_distributed, shutdown
 from pipeline.logs import quiet_third_party, say
-from pipeline.scoring import score
+from pipeline import report
+from pipeline.scoring import ScoreOptions, ScoreResult, score
 from pipeline.train import build_sharded_model
 
 
@@ -31,8 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(parser)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint dir (RUN_DIR/checkpoints/step_N) or a run dir")
     parser.add_argument("--data", help="eval Parquet logs: directory, glob or file (default: data.eval)")
-    parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--out", help="write the metrics as JSON here, the Markdown summary beside it (.md) and "
+                                      "the plots into OUT_STEM_plots/")
     parser.add_argument("--batch-size", type=int, help="default: eval.batch_size, else data.batch_size")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="add 95%% confidence intervals from N Poisson-bootstrap replicates (e.g. 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    parser.add_argument("--fusion-batches", type=int, default=20, metavar="N",
+                        help="average the fusion matrices over the first N batches per rank (0: skip)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return parser.parse_args(argv)
 
 
@@ -47,7 +55,12 @@ def resolve_checkpoint(path: str) -> Path:
     return latest
 
 
-def evaluate(cfg: ExperimentConfig, checkpoint: Path, data: str, batch_size: int, info: DistInfo) -> dict:
+def evaluate(
+    cfg: ExperimentConfig, checkpoint: Path, data: str, batch_size: int, info: DistInfo, options: ScoreOptions
+) -> tuple[dict, ScoreResult]:
+    """Load ``checkpoint`` into the configured model and score ``data``.
+
+    Returns (the JSON-ready result, the full ScoreResult with curves)."""
     model, _, _ = build_sharded_model(cfg, info, sparse_opt=None)
     state = {"model": model.state_dict()}
     ckpt.load_checkpoint(checkpoint, state)
@@ -56,22 +69,50 @@ def evaluate(cfg: ExperimentConfig, checkpoint: Path, data: str, batch_size: int
         resolve_paths(data), cfg.schema, batch_size, rank=info.rank, world_size=info.world_size, drop_last=False
     )
     try:
-        tasks, samples = score(model, reader, reader.num_batches, cfg.schema, info.device)
+        scored = score(model, reader, reader.num_batches, cfg.schema, info.device, options, cfg.model.fusion.type)
     except ValueError as err:
         raise UserError(f"eval data {data!r}: {err}") from None
-    return {
+    result = {
         "model": cfg.model.name,
         "checkpoint": str(checkpoint),
         "data": data,
-        "samples": samples,
+        "samples": scored.rows,
         "step": ckpt.read_meta(checkpoint)["step"],
         "world_size": info.world_size,
-        "tasks": tasks,
+        "tasks": scored.tasks,
     }
+    if options.bootstrap:
+        result["bootstrap"] = {"replicates": options.bootstrap, "level": 0.95, "seed": options.seed}
+    if scored.fusion is not None:
+        result["fusion"] = scored.fusion
+    return result, scored
+
+
+def write_outputs(result: dict, scored: ScoreResult, out: Path, plots: bool) -> list[Path]:
+    """JSON at ``out``, Markdown beside it, PNG plots in ``<out stem>_plots/``; returns the files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [out]
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    images: dict[str, str] = {}
+    if plots:
+        folder = out.parent / f"{out.stem}_plots"
+        folder.mkdir(exist_ok=True)
+        aucs = {t: result["tasks"][t].get("auc", float("nan")) for t in scored.roc}
+        if scored.roc:
+            report.plot_roc(scored.roc, aucs, folder / "roc.png")
+            report.plot_calibration(scored.calibration, folder / "calibration.png")
+            images.update(roc=f"{folder.name}/roc.png", calibration=f"{folder.name}/calibration.png")
+        if scored.fusion:
+            report.plot_fusion(scored.fusion, folder / "fusion.png")
+            images["fusion"] = f"{folder.name}/fusion.png"
+        written += [out.parent / p for p in images.values()]
+    summary = out.with_suffix(".md")
+    summary.write_text(report.markdown(result, images))
+    return written + [summary]
 
 
 def format_table(result: dict) -> str:
-    columns = ["auc", "ne", "logloss", "calibration", "positive_rate", "mse", "count"]
+    columns = ["auc", "gauc", "ne", "logloss", "calibration", "positive_rate", "mse", "mae", "count"]
     present = [c for c in columns if any(c in r for r in result["tasks"].values())]
     header = f"{'task':<16}" + "".join(f"{c:>14}" for c in present)
     lines = [header, "-" * len(header)]
@@ -94,18 +135,18 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("no eval data: pass --data or set data.eval in the config")
         checkpoint = resolve_checkpoint(args.checkpoint)
         batch_size = args.batch_size or cfg.eval.batch_size or cfg.data.batch_size
+        options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
         info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
         try:
-            result = evaluate(cfg, checkpoint, data, batch_size, info)
+            result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options)
         finally:
             shutdown()
         if info.is_main:
             say(f"{result['model']} @ step {result['step']} on {result['samples']} rows of {data}")
             say(format_table(result))
             if args.out:
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-                say(f"wrote {args.out}")
+                for path in write_outputs(result, scored, Path(args.out), plots=not args.no_plots):
+                    say(f"wrote {path}")
     return 0
 
 

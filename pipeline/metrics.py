@@ -13,6 +13,9 @@ Every metric is kept as sums, so memory is fixed whatever the size of the eval s
 
 Sample weights multiply every contribution; rows with weight 0 (padding, or outside a
 task's space) do not count.
+
+The same histograms give the ROC curve and the calibration (reliability) curve.
+:class:`BootstrapMetrics` adds confidence intervals by the Poisson bootstrap, also streaming.
 """
 
 from __future__ import annotations
@@ -79,6 +82,88 @@ class TaskMetrics:
             mean_prediction=sum_p / weight,
         )
         return result
+
+
+    def roc_curve(self, points: int = 256) -> dict[str, list[float]]:
+        """False- and true-positive rates at up to ``points`` thresholds, from 1 down to 0."""
+        pos, neg = self.hist[1].flip(0), self.hist[0].flip(0)  # highest predictions first
+        tpr = torch.cat([torch.zeros(1, dtype=pos.dtype), torch.cumsum(pos, 0) / pos.sum().clamp(min=1e-12)])
+        fpr = torch.cat([torch.zeros(1, dtype=neg.dtype), torch.cumsum(neg, 0) / neg.sum().clamp(min=1e-12)])
+        keep = torch.linspace(0, self.num_bins, min(points, self.num_bins + 1)).round().long()
+        return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+
+    def calibration_curve(self, bins: int = 20) -> dict[str, list[float]]:
+        """Per equal-width prediction bin with rows in it: mean prediction (from the fine bins'
+        centres), observed positive rate and weight."""
+        coarse = torch.arange(self.num_bins) * bins // self.num_bins  # coarse bin of each fine bin
+        centres = (torch.arange(self.num_bins, dtype=torch.float64) + 0.5) / self.num_bins
+        total = self.hist.sum(0)
+        weight = torch.zeros(bins, dtype=torch.float64).index_add_(0, coarse, total)
+        positive = torch.zeros(bins, dtype=torch.float64).index_add_(0, coarse, self.hist[1])
+        prediction_mass = torch.zeros(bins, dtype=torch.float64).index_add_(0, coarse, total * centres)
+        mean_prediction = prediction_mass / weight.clamp(min=1e-12)
+        rate = positive / weight.clamp(min=1e-12)
+        used = weight > 0
+        return {
+            "mean_prediction": mean_prediction[used].tolist(),
+            "positive_rate": rate[used].tolist(),
+            "weight": weight[used].tolist(),
+        }
+
+
+class BootstrapMetrics:
+    """Poisson-bootstrap confidence intervals for one task, streaming.
+
+    Each of ``replicates`` resamples weights every row by an independent Poisson(1) draw
+    (the streaming equivalent of resampling rows with replacement) and keeps the same sums
+    as :class:`TaskMetrics`, all replicates in one tensor ([R, 2, bins] histograms with
+    coarser bins, [R, 6] sums). ``compute`` returns the 2.5th and 97.5th percentiles of each
+    metric over the replicates. Draws come from a generator seeded by ``seed``, so a run is
+    reproducible for a fixed row order.
+    """
+
+    def __init__(self, task_type: str, replicates: int, seed: int, num_bins: int = 4096) -> None:
+        self.replicates = [TaskMetrics(task_type, num_bins) for _ in range(replicates)]
+        self.hist = torch.stack([r.hist for r in self.replicates])  # [R, 2, bins]
+        self.sums = torch.zeros(replicates, 6, dtype=torch.float64)
+        self.count = torch.zeros(replicates, dtype=torch.float64)
+        self.task_type, self.num_bins = task_type, num_bins
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
+        R, n = len(self.replicates), weights.shape[0]
+        w = weights.detach().to(torch.float64) * torch.poisson(torch.ones(R, n), generator=self.generator).double()
+        p, y = predictions.detach().to(torch.float64), labels.detach().to(torch.float64)
+        if self.task_type == "binary":
+            bins = (p.clamp(0.0, 1.0) * self.num_bins).long().clamp_(max=self.num_bins - 1)
+            index = ((y > 0.5).long() * self.num_bins + bins).expand(R, n)
+            self.hist.view(R, -1).scatter_add_(1, index, w)
+            pc = p.clamp(EPS, 1.0 - EPS)
+            logloss = -(y * pc.log() + (1.0 - y) * (1.0 - pc).log())
+        else:
+            logloss = torch.zeros_like(p)
+        err = p - y
+        per_row = torch.stack([torch.ones_like(p), y, p, logloss, err * err, err.abs()])  # [6, n]
+        self.sums += w @ per_row.T
+        self.count += (w > 0).sum(dim=1)
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for t in (self.hist, self.sums, self.count):
+                dist.all_reduce(t)
+
+    def compute(self, level: float = 0.95) -> dict[str, list[float]]:
+        values: dict[str, list[float]] = {}
+        for i, replicate in enumerate(self.replicates):
+            replicate.hist, replicate.sums, replicate.count = self.hist[i], self.sums[i], self.count[i : i + 1]
+            for key, value in replicate.compute().items():
+                if key != "count" and isinstance(value, float) and math.isfinite(value):
+                    values.setdefault(key, []).append(value)
+        tail = (1 - level) / 2
+        return {
+            key: [float(torch.quantile(torch.tensor(v, dtype=torch.float64), q)) for q in (tail, 1 - tail)]
+            for key, v in values.items()
+        }
 
 
 def binned_auc(positive: torch.Tensor, negative: torch.Tensor) -> float:

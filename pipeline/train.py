@@ -264,9 +264,9 @@ class Trainer:
         model = pipeline.detach()
         limit = self.cfg.train.eval_max_batches
         n = self.eval_reader.num_batches if limit is None else min(limit, self.eval_reader.num_batches)
-        tasks, _ = score(model, itertools.islice(iter(self.eval_reader), n), n, self.cfg.schema, self.info.device)
+        result = score(model, itertools.islice(iter(self.eval_reader), n), n, self.cfg.schema, self.info.device)
         pipeline.attach(model)
-        return tasks
+        return result.tasks
 
     def should_stop(self, tasks: dict[str, dict]) -> bool:
         stopping = self.cfg.train.early_stopping

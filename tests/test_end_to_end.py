@@ -117,3 +117,37 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, words):
     assert line.startswith("error: ")
     for word in words:
         assert word in line
+
+
+def test_evaluation_report_with_intervals_plots_and_fusion_matrices(demo_logs, trained, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "report" / "eval.json"
+    result = evaluate(demo_logs, run_dir, out, "--bootstrap", "20", "--fusion-batches", "5")
+    for task, metrics in result["tasks"].items():
+        lo, hi = metrics["ci"]["auc"]
+        assert lo <= metrics["auc"] <= hi and hi - lo < 0.2, task
+    assert result["bootstrap"]["replicates"] == 20
+    levels = result["fusion"]  # the demo's AdaTT has 2 levels; the shared unit fuses at level 1 only
+    assert [len(level["rows"]) for level in levels] == [4, 3]
+    for level in levels:
+        assert level["columns"] == ["click", "like", "convert", "shared"]
+        for row in level["matrix"]:
+            assert sum(row) == pytest.approx(1.0, abs=1e-6)  # gate mass over all experts
+    summary = out.with_suffix(".md").read_text()
+    assert "| click |" in summary and "## Fusion level 2" in summary and "bootstrap" in summary
+    for name in ("roc.png", "calibration.png", "fusion.png"):
+        png = out.parent / "eval_plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+
+
+def test_checkpoint_of_another_model_names_what_differs(demo_logs, trained, tmp_path):
+    run_dir, _ = trained
+    cmd = [sys.executable, "-m", "pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(run_dir),
+           "--data", str(demo_logs / "eval"), "--set", "features.tables.0.num_embeddings=999",
+           "--set", "model.tower_dims=[16]"]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "does not match the configured model" in line
+    assert "table 'user'" in line and "[20000, 16]" in line and "[999, 16]" in line
+    assert "towers" in line
