@@ -13,6 +13,12 @@ class DataConfig:
 
     ``train`` / ``eval``: a directory, a glob, or a single file (local path or pyarrow
     filesystem URI). Every rank reads its own disjoint share of the rows.
+
+    ``num_workers``: DataLoader worker processes per rank (0: read in the training process).
+    ``seed``, ``shuffle``, ``shuffle_buffer_rows``: training reads the row groups in an order
+    permuted per epoch by (seed, epoch) when ``shuffle``, and with a shuffle buffer also
+    permutes rows inside windows of that many rows (memory grows with it; 0: no buffer).
+    See :class:`datasets.reader.ParquetReader`.
     """
 
     train: Optional[str] = None
@@ -20,12 +26,18 @@ class DataConfig:
     batch_size: int = 256
     num_workers: int = 0
     seed: int = 0
+    shuffle: bool = False
+    shuffle_buffer_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.num_workers < 0:
             raise ValueError("num_workers must be >= 0")
+        if self.seed < 0 or self.shuffle_buffer_rows < 0:
+            raise ValueError("seed and shuffle_buffer_rows must be >= 0")
+        if self.shuffle_buffer_rows and not self.shuffle:
+            raise ValueError("shuffle_buffer_rows needs shuffle: true")
 
 
 @dataclass

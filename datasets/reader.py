@@ -1,176 +1,103 @@
 """Streaming Parquet → :class:`~datasets.batch.Batch` reader.
 
-Rows are split across ranks by position: with the files in sorted path order and their row
-groups in file order, the N rows form one global sequence and rank r of W reads the
-contiguous slice ``[r*N//W, (r+1)*N//W)``. Only the Parquet footers are needed to plan this;
-each rank then reads only the row groups overlapping its slice, one at a time and only the
-schema's columns, slicing at the edges. Batches may span row groups and files.
+**Plan.** At construction the reader reads every file's footer (in parallel threads), checks
+the schema (missing column, wrong Arrow type, a file unlike the first: :class:`DataError`
+naming the file and the column) and lists the row groups. Nothing else is read up front.
 
-With ``drop_last=True`` (training) every rank yields exactly ``(N // W) // batch_size``
-full batches, so ranks never disagree on the number of steps; the rows left at the end of
-each rank's slice are dropped and counted (``rows_dropped``). With ``drop_last=False``
-(evaluation) every row is read and each rank's last batch may be partial, so ranks may
-differ by one batch; evaluation normally reads in a single process.
+**Epoch order.** An epoch reads the N rows of all row groups in one order: files sorted by
+path and row groups in file order, or, with ``shuffle=True``, all row groups permuted by
+``(seed, epoch)`` (which shuffles the files and the row groups inside them at once). Rank r
+of W takes the contiguous slice ``[r*N//W, (r+1)*N//W)`` of that order. With
+``drop_last=True`` every rank yields exactly ``(N // W) // batch_size`` full batches, so ranks
+never disagree on the number of steps; each rank drops the rest of its slice, fewer than
+``batch_size + 1`` rows, and counts it (``rows_dropped_partial_batch``). Files of any sizes
+balance because the split is by rows, not by files.
 
-Inside a ``torch.utils.data.DataLoader`` with workers, worker w of n reads the contiguous
-share ``[w*S//n, (w+1)*S//n)`` of the rank's S batches; the DataLoader interleaves them, so
-every batch still comes exactly once (use ``batch_size=None`` in the DataLoader).
+**Workers.** Inside ``torch.utils.data.DataLoader(reader, batch_size=None, num_workers=n)``
+(or :func:`make_loader`), worker w takes the contiguous share
+``[w*S//n, (w+1)*S//n)`` of the rank's S batches, so every row of an epoch is read by exactly
+one worker of one rank. The DataLoader hands out batches round-robin over the workers
+(worker 0's first, worker 1's first, ..., worker 0's second, ...), which fixes the order of a
+rank's batches for a given ``num_workers``.
 
-Column → tensor policies:
+**Windows and the shuffle buffer.** A worker reads its rows window by window, a window being
+whole batches of consecutive rows in epoch order; a window's row groups are read one at a
+time with only the schema's columns (the last one stays cached for the next window),
+concatenated, converted to numpy in one vectorised pass, and cut into batches. With
+``shuffle_buffer_rows`` > 0 the windows hold ``K = max(1, shuffle_buffer_rows // batch_size)``
+batches on a grid that starts at the worker's first batch, and the rows of each window are
+permuted by ``(seed, epoch, window start)`` before batching. Memory is bounded by about one
+window plus one row group per worker, whatever the dataset size.
 
-* dense, label and weight columns may be any float, integer or boolean type and become
-  float32; nulls read as 0.0 (weights: 1.0) and are counted in ``null_counts``;
-* id columns may be any integer type (scalar) or a list / large_list of integers
-  (``multi_valued`` features and sequences). An id maps to row ``id mod num_embeddings``
-  (floor modulo, so negative ids land in [0, num_embeddings) too). A null scalar id or null
-  list is an absent value (length 0); null elements inside a list are dropped; all counted;
-* multi-valued features keep their FIRST ``max_len`` ids; sequences (oldest → newest)
-  keep their MOST RECENT ``max_len`` ids, the tail of the list;
-* all files must give every needed column the same type (list field names aside).
+**Resume.** A position is ``(epoch, batches_consumed)``: how many batches of that epoch this
+rank's train loop has finished. Since the order of batches is a function of (files, seed,
+epoch, world size, batch size, num_workers), the position determines, for every worker share,
+how many of its batches were consumed (the round-robin order is inverted exactly) and so the
+window and the row it restarts at; the resumed DataLoader's worker i takes the share
+``(i + s) mod n`` where s is the share whose batch comes next, so its round-robin continues
+the interrupted one. :meth:`ParquetReader.load_state_dict` (or
+``set_epoch(epoch, start_batch=k)``) makes the next pass yield exactly batches k, k+1, ... of
+the uninterrupted epoch: no row twice, none skipped. It seeks straight to the row group of the
+next row; with the shuffle buffer, only the window that was partly consumed is read again (to
+rebuild its permutation; its consumed rows are not yielded). The state saved in a checkpoint
+(:meth:`ParquetReader.state_dict`) is the same on every rank, so rank 0's copy restores all.
+
+**Bad values.** See :mod:`datasets.convert` for the policy of each case. Every batch carries
+the events of its rows in ``batch.stats``; :meth:`ParquetReader.data_stats` sums the batches
+that were handed out in this process, which includes those that came from DataLoader workers
+when iterating through :func:`make_loader`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import glob as globlib
+import hashlib
 import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torch.utils.data import DataLoader, IterableDataset
 
 from datasets.batch import Batch
-from datasets.schema import Schema, SequenceFeature, SparseFeature
+from datasets.convert import (
+    COUNTERS,
+    Block,
+    BlockConverter,
+    DataError,
+    concat_tables,
+    is_id_type,
+    is_list_type,
+    is_number_type,
+)
+from datasets.paths import _list_fs, _uri_prefix, open_parquet, resolve_paths  # noqa: F401  (re-exported)
+from datasets.schema import Schema
 
-__all__ = ["DataError", "ParquetReader", "read_batches", "resolve_paths"]
+__all__ = [
+    "DataError",
+    "ParquetReader",
+    "ReaderLoader",
+    "check_file_schema",
+    "make_loader",
+    "read_batches",
+    "resolve_paths",
+]
 
-_GLOB_CHARS = "*?["
-
-
-class DataError(ValueError):
-    """A problem with the input files; the message names the file (and column)."""
-
-
-# ----------------------------------------------------------------------------- paths
-
-
-def _is_uri(spec: str) -> bool:
-    scheme, sep, _ = spec.partition("://")
-    return bool(sep) and scheme.isascii() and scheme.replace("+", "").replace("-", "").isalnum()
-
-
-def _visible_parquet(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return base.endswith(".parquet") and not base.startswith((".", "_"))
-
-
-def resolve_paths(spec: str) -> list[str]:
-    """The Parquet files named by ``spec``, sorted.
-
-    ``spec`` is a directory (every ``*.parquet`` directly inside, hidden and ``_``-prefixed
-    names skipped), a glob (``data/*/part-*.parquet``; ``**`` recurses), or a single file;
-    either a local path or a URI that ``pyarrow.fs.FileSystem.from_uri`` understands
-    (``file://``, ``s3://``, ``gs://``, ``hdfs://`` ...). Local and ``file://`` specs give
-    local paths, other URIs give URIs of the same scheme and authority.
-
-    Raises:
-        DataError: nothing matches, naming ``spec``.
-    """
-    if not spec:
-        raise DataError("empty data path")
-    if _is_uri(spec):
-        base, query = (spec.split("?", 1) + [""])[:2]
-        glob_at = min((base.find(c) for c in _GLOB_CHARS if c in base), default=-1)
-        root = base if glob_at < 0 else base[: base.rfind("/", 0, glob_at) + 1]
-        try:
-            fs, root_path = pafs.FileSystem.from_uri(root + (f"?{query}" if query else ""))
-        except (pa.ArrowException, ValueError, OSError) as err:
-            raise DataError(f"cannot open data path {spec!r}: {err}") from None
-        if isinstance(fs, pafs.LocalFileSystem):
-            return _resolve_local(os.path.join(root_path, base[len(root) :]) if glob_at >= 0 else root_path, spec)
-        prefix = _uri_prefix(root, root_path, spec)
-        suffix = f"?{query}" if query else ""
-        return [prefix + p + suffix for p in _list_fs(fs, root_path, base[len(root) :] if glob_at >= 0 else None, spec)]
-    return _resolve_local(spec, spec)
-
-
-def _resolve_local(path: str, spec: str) -> list[str]:
-    if any(c in path for c in _GLOB_CHARS):
-        found = [p for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
-    elif os.path.isdir(path):
-        found = [str(p) for p in Path(path).iterdir() if p.is_file() and _visible_parquet(p.name)]
-    else:
-        found = [path] if os.path.isfile(path) else []
-    if not found:
-        raise DataError(f"no Parquet files match {spec!r}")
-    return sorted(found)
-
-
-def _uri_prefix(root_uri: str, root_path: str, spec: str) -> str:
-    """The part of ``root_uri`` in front of the filesystem path ``root_path``."""
-    uri, path = root_uri.rstrip("/"), root_path.rstrip("/")
-    if not uri.endswith(path):
-        raise DataError(f"cannot map paths of {spec!r} back to URIs (filesystem path {root_path!r})")
-    return uri[: len(uri) - len(path)]
-
-
-def _list_fs(fs: pafs.FileSystem, root: str, pattern: Optional[str], spec: str) -> list[str]:
-    try:
-        info = fs.get_file_info(root)
-        if pattern is None and info.type == pafs.FileType.File:
-            return [root]
-        if info.type != pafs.FileType.Directory:
-            raise DataError(f"no Parquet files match {spec!r}")
-        recursive = pattern is not None and ("/" in pattern or "**" in pattern)
-        entries = fs.get_file_info(pafs.FileSelector(root, recursive=recursive))
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"cannot list data path {spec!r}: {err}") from None
-    base = root.rstrip("/") + "/"
-    found = []
-    for entry in entries:
-        if entry.type != pafs.FileType.File:
-            continue
-        rel = entry.path[len(base) :] if entry.path.startswith(base) else entry.base_name
-        if pattern is None and _visible_parquet(rel) and "/" not in rel:
-            found.append(entry.path)
-        elif pattern is not None and _glob_match(rel, pattern):
-            found.append(entry.path)
-    if not found:
-        raise DataError(f"no Parquet files match {spec!r}")
-    return sorted(found)
-
-
-def _glob_match(rel: str, pattern: str) -> bool:
-    """Shell-style match of a relative path; ``*`` stays within one folder unless the
-    pattern has ``**``, which matches any depth."""
-    if "**" in pattern:
-        return fnmatch.fnmatchcase(rel, pattern.replace("**/", "*").replace("**", "*"))
-    return rel.count("/") == pattern.count("/") and fnmatch.fnmatchcase(rel, pattern)
-
-
-def _open(path: str) -> pq.ParquetFile:
-    """Open one Parquet file (local path or filesystem URI), reading its footer."""
-    try:
-        if _is_uri(path):
-            fs, inner = pafs.FileSystem.from_uri(path)
-            return pq.ParquetFile(fs.open_input_file(inner))
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+STATE_VERSION = 1
+CHUNK_ROWS = 65_536  # rows per window when there is no shuffle buffer
+OPEN_FILES = 4  # open files kept per iterating process
 
 
 # ----------------------------------------------------------------------------- schema check
 
-_FLOAT, _ID, _LIST = "a float (or integer or boolean)", "an integer", "a list<integer>"
+_FLOAT = "a float (or integer or boolean)"
+_ID = "an integer or string"
+_LIST = "a list<integer> or list<string>"
+_FLOAT_LIST = "a list<float>"
 
 
 def _column_kinds(schema: Schema) -> dict[str, tuple[str, str]]:
@@ -179,30 +106,43 @@ def _column_kinds(schema: Schema) -> dict[str, tuple[str, str]]:
     kinds = {name: (_FLOAT, "dense feature") for name in f.dense}
     for s in f.sparse:
         kinds[s.name] = (_LIST, "multi-valued sparse feature") if s.multi_valued else (_ID, "sparse feature")
+        if s.weight_column:
+            kinds[s.weight_column] = (
+                (_FLOAT_LIST, f"id weights of {s.name!r}")
+                if s.multi_valued
+                else (
+                    _FLOAT,
+                    f"id weights of {s.name!r}",
+                )
+            )
     for s in f.sequences:
         kinds[s.name] = (_LIST, "sequence feature")
     for t in schema.tasks:
         kinds[t.name] = (_FLOAT, f"label of task {t.name!r}")
     if f.weight_column:
         kinds[f.weight_column] = (_FLOAT, "weight column")
+    if f.group_column:
+        kinds[f.group_column] = (_ID, "group column")
     return kinds
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _fits(kind: str, t: pa.DataType) -> bool:
     if kind == _FLOAT:
-        return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+        return is_number_type(t)
     if kind == _ID:
-        return pa.types.is_integer(t)
-    return _is_list(t) and pa.types.is_integer(t.value_type)
+        return is_id_type(t)
+    if kind == _FLOAT_LIST:
+        return is_list_type(t) and is_number_type(t.value_type)
+    return is_list_type(t) and is_id_type(t.value_type)
 
 
 def _type_key(t: pa.DataType) -> str:
-    """Type identity across files, ignoring the name of a list's value field."""
-    return f"{t.__class__.__name__}<{t.value_type}>" if _is_list(t) else str(t)
+    """Type identity across files, ignoring list field names and dictionary encoding."""
+    if pa.types.is_dictionary(t):
+        return _type_key(t.value_type)
+    if is_list_type(t):
+        return f"{t.__class__.__name__}<{_type_key(t.value_type)}>"
+    return str(t)
 
 
 def check_file_schema(path: str, arrow_schema: pa.Schema, schema: Schema) -> None:
@@ -217,181 +157,127 @@ def check_file_schema(path: str, arrow_schema: pa.Schema, schema: Schema) -> Non
         t = arrow_schema.field(index).type
         if not _fits(kind, t):
             hint = ""
-            if kind == _ID and _is_list(t):
+            if kind == _ID and is_list_type(t):
                 hint = " (declare the feature multi_valued to read a list column)"
             raise DataError(f"{path}: column {name!r} ({role}) has type {t}; expected {kind} column{hint}")
 
 
-# ----------------------------------------------------------------------------- Arrow → numpy
+def _read_footer(path: str) -> tuple[pa.Schema, list[int]]:
+    pf = open_parquet(path)
+    try:
+        meta = pf.metadata
+        return pf.schema_arrow, [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    finally:
+        pf.close()
 
 
-def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row index, position within its row) of every element of ragged rows of ``lengths``."""
-    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    starts = np.cumsum(lengths) - lengths
-    return rows, np.arange(len(rows), dtype=np.int64) - np.repeat(starts, lengths)
+# ----------------------------------------------------------------------------- helpers
 
 
-def _to_float(arr: pa.Array, fill: float) -> tuple[np.ndarray, int]:
-    """[n] float32 and the number of nulls (read as ``fill``)."""
-    nulls = arr.null_count
-    arr = arr.cast(pa.float32())
-    if nulls:
-        arr = pc.fill_null(arr, pa.scalar(fill, type=pa.float32()))
-    return np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float32), nulls  # a writable copy
+def _split(total: int, parts: int, index: int) -> tuple[int, int]:
+    """[lo, hi) of share ``index`` when ``total`` items are cut into ``parts`` contiguous shares."""
+    return index * total // parts, (index + 1) * total // parts
 
 
-def _ids_mod(values: pa.Array, n: int) -> np.ndarray:
-    """Integer ids (no nulls) → int64 ``id mod n``."""
-    if pa.types.is_uint64(values.type):
-        return (values.to_numpy(zero_copy_only=False) % np.uint64(n)).astype(np.int64)
-    return np.mod(values.cast(pa.int64()).to_numpy(zero_copy_only=False), n)
+def next_worker(counts: Sequence[int], taken: Sequence[int]) -> int:
+    """The worker whose batch comes next in the round-robin order once each worker w has
+    handed out ``taken[w]`` of its ``counts[w]`` batches (0 when all are done): the one
+    with the fewest batches handed out, the lowest id among equals."""
+    active = [(t, w) for w, (c, t) in enumerate(zip(counts, taken)) if t < c]
+    return min(active)[1] if active else 0
 
 
-@dataclass
-class _Jagged:
-    """Ragged ids of n rows: row i is ``values[offsets[i]:offsets[i+1]]`` (offsets int64 [n+1],
-    not necessarily starting at 0 after slicing)."""
-
-    offsets: np.ndarray
-    values: np.ndarray
-
-    def slice(self, a: int, b: int) -> "_Jagged":
-        return _Jagged(self.offsets[a : b + 1], self.values)
-
-    def parts(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lengths [n] int32, values [sum(lengths)] int64)."""
-        return np.diff(self.offsets).astype(np.int32), self.values[self.offsets[0] : self.offsets[-1]]
-
-    @staticmethod
-    def from_lengths(lengths: np.ndarray, values: np.ndarray) -> "_Jagged":
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return _Jagged(offsets, values)
-
-    @staticmethod
-    def concat(pieces: Sequence["_Jagged"]) -> "_Jagged":
-        lengths, values = zip(*(p.parts() for p in pieces))
-        return _Jagged.from_lengths(np.concatenate(lengths), np.concatenate(values))
+def interleaved_counts(counts: Sequence[int], k: int) -> list[int]:
+    """How many batches of each worker are among the first ``k`` a DataLoader hands out when
+    worker w yields ``counts[w]`` batches: it goes round-robin over the workers that still
+    have batches, in worker order."""
+    taken = [0] * len(counts)
+    active = [w for w, c in enumerate(counts) if c > 0]
+    remaining = min(k, sum(counts))
+    while remaining > 0 and active:
+        rounds = min(min(counts[w] - taken[w] for w in active), remaining // len(active))
+        if rounds == 0:
+            for w in active[:remaining]:
+                taken[w] += 1
+            break
+        for w in active:
+            taken[w] += rounds
+        remaining -= rounds * len(active)
+        active = [w for w in active if taken[w] < counts[w]]
+    return taken
 
 
-def _jagged(arr: pa.Array, feature: SparseFeature | SequenceFeature, n_emb: int, nulls: dict[str, int]) -> _Jagged:
-    """One id column of n rows → truncated, mod-mapped ragged ids."""
-    name, n = feature.name, len(arr)
-    if not _is_list(arr.type):  # scalar id: length 1, or 0 when null
-        if arr.null_count:
-            nulls[name] = nulls.get(name, 0) + arr.null_count
-            valid = arr.is_valid().to_numpy(zero_copy_only=False)
-            return _Jagged.from_lengths(valid.astype(np.int64), _ids_mod(arr.drop_null(), n_emb))
-        return _Jagged(np.arange(n + 1, dtype=np.int64), _ids_mod(arr, n_emb))
-    if arr.null_count:
-        nulls[name] = nulls.get(name, 0) + arr.null_count
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = arr.flatten()  # honours slicing and skips what null lists point at
-    if flat.null_count:  # null ids inside lists are dropped
-        nulls[name] = nulls.get(name, 0) + flat.null_count
-        valid = flat.is_valid().to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        lengths = np.bincount(rows[valid], minlength=n).astype(np.int64)
-        flat = flat.filter(pa.array(valid))
-    values = _ids_mod(flat, n_emb)
-    max_len = feature.max_len
-    if max_len is not None and lengths.size and lengths.max() > max_len:
-        rows, pos = _positions(lengths)
-        if isinstance(feature, SequenceFeature):
-            keep = pos >= lengths[rows] - max_len  # the most recent ids
-        else:
-            keep = pos < max_len  # the first ids
-        values, lengths = values[keep], np.minimum(lengths, max_len)
-    return _Jagged.from_lengths(lengths, values)
+class _Source:
+    """Row groups for one iterating process: a few files kept open, the last row group
+    decoded kept for the window that follows."""
 
+    def __init__(self, reader: "ParquetReader") -> None:
+        self.reader = reader
+        self.files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
+        self.last: Optional[tuple[int, pa.Table]] = None
 
-@dataclass
-class _Block:
-    """n consecutive rows in tensor-ready numpy form.
+    def group(self, g: int) -> pa.Table:
+        if self.last is not None and self.last[0] == g:
+            return self.last[1]
+        r = self.reader
+        f, index, rows = int(r._group_file[g]), int(r._group_index[g]), int(r._group_rows[g])
+        path = r.paths[f]
+        pf = self.files.pop(f, None) or open_parquet(path)
+        self.files[f] = pf
+        while len(self.files) > OPEN_FILES:
+            self.files.popitem(last=False)[1].close()
+        try:
+            table = pf.read_row_group(index, columns=r.columns)
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read row group {index} ({err})") from None
+        if table.num_rows != rows:
+            raise DataError(f"{path}: row group {index} has {table.num_rows} rows, its footer says {rows}")
+        self.last = (g, table)
+        return table
 
-    Attributes:
-        dense: [n, Dd] float32. labels: [n, T] float32. weights: [n] float32.
-        sparse / sequence: ragged ids per KJT key, in key order.
-    """
-
-    dense: np.ndarray
-    sparse: list[_Jagged]
-    sequence: list[_Jagged]
-    labels: np.ndarray
-    weights: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return self.labels.shape[0]
-
-    def slice(self, a: int, b: int) -> "_Block":
-        return _Block(
-            self.dense[a:b],
-            [j.slice(a, b) for j in self.sparse],
-            [j.slice(a, b) for j in self.sequence],
-            self.labels[a:b],
-            self.weights[a:b],
-        )
-
-    @staticmethod
-    def concat(blocks: Sequence["_Block"]) -> "_Block":
-        return _Block(
-            np.concatenate([b.dense for b in blocks]),
-            [_Jagged.concat(js) for js in zip(*(b.sparse for b in blocks))],
-            [_Jagged.concat(js) for js in zip(*(b.sequence for b in blocks))],
-            np.concatenate([b.labels for b in blocks]),
-            np.concatenate([b.weights for b in blocks]),
-        )
-
-
-def _kjt(keys: list[str], jagged: list[_Jagged], stride: int) -> KeyedJaggedTensor:
-    """KJT with ``keys``; lengths [len(keys) * stride] int32 and values concatenated key-major."""
-    if not keys:
-        return KeyedJaggedTensor(
-            keys=[], values=torch.empty(0, dtype=torch.int64), lengths=torch.empty(0, dtype=torch.int32), stride=stride
-        )
-    lengths, values = zip(*(j.parts() for j in jagged))
-    return KeyedJaggedTensor(
-        keys=keys,
-        values=torch.from_numpy(np.concatenate(values)),
-        lengths=torch.from_numpy(np.concatenate(lengths)),
-    )
+    def close(self) -> None:
+        for pf in self.files.values():
+            pf.close()
+        self.files.clear()
+        self.last = None
 
 
 # ----------------------------------------------------------------------------- the reader
 
 
-@dataclass(frozen=True)
-class _RowGroup:
-    file: int  # index into the sorted paths
-    index: int  # row group index inside the file
-    start: int  # global row index of its first row
-    rows: int
-
-
 class ParquetReader(IterableDataset):
-    """Iterates :class:`~datasets.batch.Batch` es of this rank's share of the rows.
+    """Iterates the :class:`~datasets.batch.Batch` es of this rank's share of an epoch.
 
     Each batch (B = ``batch_size``; the last one smaller only with ``drop_last=False``):
-    dense [B, Dd] float32; sparse KJT (keys ``schema.features.pooled_features``) and sequence
-    KJT (keys ``schema.features.sequence_table_features``), int64 values, int32 lengths
-    [K*B], stride B; labels [B, T] float32 in task order; weights [B] float32.
+    dense [B, Dd] float32; sparse KJT (keys ``schema.features.pooled_features``, float32
+    weights on every key when ``schema.features.weighted_pooling``) and sequence KJT (keys
+    ``schema.features.sequence_table_features``), int64 values, int32 lengths [K*B], stride
+    B; labels [B, T] float32 in task order; weights [B] float32; plus the non-field
+    attributes ``group_ids`` and ``stats`` (see :class:`~datasets.batch.Batch`).
+
+    Use it directly as an iterator (``num_workers=0``), inside
+    ``DataLoader(reader, batch_size=None, num_workers=reader.num_workers)``, or through
+    :func:`make_loader`, which picks between the two and pins memory on CUDA machines.
 
     Args:
-        paths: Parquet files (local paths or URIs); read in sorted order. A single string
-            is resolved with :func:`resolve_paths`.
+        paths: Parquet files (local paths or URIs), or one spec for :func:`resolve_paths`
+            (a directory, a glob, a file). Read in sorted order.
         schema: the columns to read and how.
         batch_size: rows per batch.
         rank, world_size: this process's share, ``0 <= rank < world_size``.
         drop_last: True: exactly ``(N // world_size) // batch_size`` full batches on every
             rank. False: every row of the rank's slice, the last batch possibly partial.
+        seed: seeds the epoch orders and the shuffle buffer.
+        shuffle: permute the row groups (and so the files) per epoch by ``(seed, epoch)``.
+        shuffle_buffer_rows: when > 0 (and ``shuffle``), also permute rows inside windows of
+            ``max(1, shuffle_buffer_rows // batch_size)`` batches; memory grows with it.
+        num_workers: DataLoader workers :func:`make_loader` starts (0: read in this process).
 
     Attributes:
-        paths: the files, sorted (the global row order).
-        total_rows: rows in all files (from the footers).
-        null_counts: nulls met so far, by column (counted in the process that iterates,
-            so not visible from the parent of DataLoader workers).
+        paths: the files, sorted. total_rows: rows in all files (from the footers).
+        epoch: the epoch the next pass reads (:meth:`set_epoch`).
 
     Raises:
         DataError: a file cannot be read, lacks a column, has a column of the wrong type,
@@ -401,12 +287,17 @@ class ParquetReader(IterableDataset):
 
     def __init__(
         self,
-        paths: list[str],
+        paths: str | Sequence[str],
         schema: Schema,
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        *,
+        seed: int = 0,
+        shuffle: bool = False,
+        shuffle_buffer_rows: int = 0,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(paths, (str, os.PathLike)):
@@ -417,40 +308,40 @@ class ParquetReader(IterableDataset):
             raise ValueError("batch_size must be at least 1")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if num_workers < 0 or shuffle_buffer_rows < 0 or seed < 0:
+            raise ValueError("num_workers, shuffle_buffer_rows and seed must be >= 0")
         self.paths = sorted(os.fspath(p) for p in paths)
         self.schema = schema
         self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
-        f = schema.features
-        self.sparse_features = list(f.pooled_features)
-        self.sequence_features = list(f.sequence_table_features)
+        self.seed, self.shuffle, self.num_workers = seed, shuffle, num_workers
+        self.shuffle_buffer_rows = shuffle_buffer_rows if shuffle else 0
         self.columns = schema.columns
-        self.null_counts: dict[str, int] = {}
-        self._row_groups = self._plan()
+        self._converter = BlockConverter(schema)
+        self._stats: dict[str, int] = {}
+        self._plan()
 
         n, w, b = self.total_rows, world_size, batch_size
-        self._start, stop = rank * n // w, (rank + 1) * n // w
+        self._slice_start, slice_stop = _split(n, w, rank)
         if drop_last:
             self._num_batches = (n // w) // b
-            self._stop = self._start + self._num_batches * b
+            self._slice_stop = self._slice_start + self._num_batches * b
         else:
-            self._num_batches = math.ceil((stop - self._start) / b)
-            self._stop = stop
-        self._rows_dropped = stop - self._stop
+            self._num_batches = math.ceil((slice_stop - self._slice_start) / b)
+            self._slice_stop = slice_stop
+        self._rows_dropped = slice_stop - self._slice_stop
+        self.epoch = 0
+        self._start_batch = 0
+        self._position = 0  # batches of the current pass handed out in this process
 
-    def _plan(self) -> list[_RowGroup]:
-        """Read every footer, check the schemas, and lay out the global row order."""
-        groups: list[_RowGroup] = []
+    def _plan(self) -> None:
+        """Read every footer, check the schemas, and list the row groups."""
+        threads = min(16, len(self.paths))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            footers = list(pool.map(_read_footer, self.paths))
+        files, indices, rows = [], [], []
         first: Optional[tuple[str, dict[str, pa.DataType]]] = None
-        start = 0
-        for i, path in enumerate(self.paths):
-            pf = _open(path)
-            try:
-                arrow_schema = pf.schema_arrow
-                meta = pf.metadata
-            except (pa.ArrowException, OSError) as err:
-                raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-            finally:
-                pf.close()
+        empty = 0
+        for i, (path, (arrow_schema, group_rows)) in enumerate(zip(self.paths, footers)):
             check_file_schema(path, arrow_schema, self.schema)
             types = {c: arrow_schema.field(c).type for c in self.columns}
             if first is None:
@@ -462,135 +353,383 @@ class ParquetReader(IterableDataset):
                             f"{path}: column {c!r} has type {types[c]} but {first[0]} has type {first[1][c]}; "
                             "all files must share one schema"
                         )
-            for g in range(meta.num_row_groups):
-                rows = meta.row_group(g).num_rows
-                if rows:
-                    groups.append(_RowGroup(i, g, start, rows))
-                    start += rows
-        self.total_rows = start
-        return groups
+            if sum(group_rows) == 0:
+                empty += 1
+            for g, r in enumerate(group_rows):
+                if r:
+                    files.append(i)
+                    indices.append(g)
+                    rows.append(r)
+        self._group_file = np.array(files, dtype=np.int32)
+        self._group_index = np.array(indices, dtype=np.int32)
+        self._group_rows = np.array(rows, dtype=np.int64)
+        self.total_rows = int(self._group_rows.sum())
+        if empty:
+            self._stats["empty_files_skipped"] = empty
+        digest = hashlib.sha1()
+        for i, path in enumerate(self.paths):
+            digest.update(os.path.basename(path).encode() + b"\0")
+            digest.update(self._group_rows[self._group_file == i].tobytes())
+        self._fingerprint = digest.hexdigest()[:16]
 
     # -- sizes ------------------------------------------------------------------------
 
     @property
     def num_batches(self) -> int:
-        """Batches this rank yields per pass (equal on all ranks when ``drop_last``)."""
+        """Batches this rank yields per epoch (equal on all ranks when ``drop_last``)."""
         return self._num_batches
 
     def __len__(self) -> int:
-        return self._num_batches
+        """Batches the next pass yields: ``num_batches`` less the resumed start batch."""
+        return self._num_batches - self._start_batch
 
     @property
     def num_rows(self) -> int:
-        """Rows this rank yields per pass."""
-        return self._stop - self._start
+        """Rows this rank yields per epoch."""
+        return self._slice_stop - self._slice_start
 
     @property
     def rows_dropped(self) -> int:
-        """Rows of this rank's slice that ``drop_last`` leaves out (0 when drop_last=False)."""
+        """Rows of this rank's slice that ``drop_last`` leaves out per epoch (0 when drop_last=False)."""
         return self._rows_dropped
 
     @property
     def total_rows_dropped(self) -> int:
-        """Rows that no rank reads, summed over all ranks."""
+        """Rows per epoch that no rank reads, summed over all ranks."""
         if not self.drop_last:
             return 0
         return self.total_rows - self.world_size * self._num_batches * self.batch_size
 
+    # -- epochs and positions ---------------------------------------------------------
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next pass read ``epoch`` from its batch ``start_batch`` on (0: all of it)."""
+        if epoch < 0:
+            raise ValueError("epoch must be >= 0")
+        if not 0 <= start_batch <= self._num_batches:
+            raise ValueError(f"start_batch must be in [0, {self._num_batches}], got {start_batch}")
+        self.epoch, self._start_batch, self._position = epoch, start_batch, start_batch
+
+    def state_dict(self, epoch: Optional[int] = None, batches_consumed: Optional[int] = None) -> dict:
+        """The reader position as plain JSON-able data, to save in a checkpoint.
+
+        Args:
+            epoch: the epoch of the position (default: the current pass's, ``self.epoch``).
+            batches_consumed: batches of that epoch this rank's train loop has finished.
+                Pass the loop's own count: a pipeline that prefetches pulls batches before it
+                trains on them. Default: the batches handed out in this process so far
+                (exact only when nothing prefetches).
+
+        Returns:
+            ``{"version", "epoch", "batches_consumed", "num_batches", "batch_size",
+            "world_size", "num_workers", "seed", "shuffle", "shuffle_buffer_rows",
+            "drop_last", "total_rows", "files", "fingerprint", "workers"}``. Everything but
+            ``workers`` is identical on every rank; ``workers`` (this rank's per-worker
+            ``{"worker", "batches_consumed", "file", "row"}`` — where each worker reads next)
+            is informational. A finished epoch is stored as the start of the next one.
+        """
+        epoch = self.epoch if epoch is None else epoch
+        k = self._position if batches_consumed is None else batches_consumed
+        if not 0 <= k <= self._num_batches:
+            raise ValueError(f"batches_consumed must be in [0, {self._num_batches}], got {k}")
+        if k == self._num_batches and k > 0:
+            epoch, k = epoch + 1, 0
+        return {
+            "version": STATE_VERSION,
+            "epoch": int(epoch),
+            "batches_consumed": int(k),
+            "num_batches": self._num_batches,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_buffer_rows": self.shuffle_buffer_rows,
+            "drop_last": self.drop_last,
+            "total_rows": self.total_rows,
+            "files": len(self.paths),
+            "fingerprint": self._fingerprint,
+            "workers": self.worker_positions(epoch, k),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Make the next pass continue right after the position ``state`` records.
+
+        A position at the start of an epoch (``batches_consumed == 0``) fits any reader. A
+        position inside an epoch needs the same files (row counts per row group), batch size,
+        world size, number of workers, seed, shuffle settings and drop_last; otherwise this
+        raises :class:`DataError` naming what differs.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"reader state version {state.get('version')!r} is not {STATE_VERSION}")
+        epoch, k = int(state["epoch"]), int(state["batches_consumed"])
+        if k:
+            mine = self.state_dict(epoch, 0)
+            keys = ("batch_size", "world_size", "num_workers", "seed", "shuffle", "shuffle_buffer_rows", "drop_last")
+            keys += ("total_rows", "files", "fingerprint")
+            saved = dict(state)
+            if max(1, int(saved.get("num_workers") or 0)) == max(1, self.num_workers):  # 0 and 1: one share
+                saved["num_workers"] = self.num_workers
+            diff = [
+                f"{key}: saved {saved.get(key)!r}, now {mine[key]!r}" for key in keys if saved.get(key) != mine[key]
+            ]
+            if diff:
+                raise DataError(
+                    f"cannot resume the reader inside epoch {epoch} (batch {k}): the data or the reader settings "
+                    f"changed since the checkpoint ({'; '.join(diff)})"
+                )
+        self.set_epoch(epoch, k)
+
+    def worker_positions(self, epoch: Optional[int] = None, batches_consumed: Optional[int] = None) -> list[dict]:
+        """Per worker of this rank: how many of its batches the position covers and the file
+        and row (inside that file) where it reads next (None when it is done)."""
+        epoch = self.epoch if epoch is None else epoch
+        k = self._position if batches_consumed is None else batches_consumed
+        nw = max(1, self.num_workers)
+        ranges = [_split(self._num_batches, nw, w) for w in range(nw)]
+        taken = interleaved_counts([hi - lo for lo, hi in ranges], k)
+        order, starts = self._layout(epoch)
+        out = []
+        for w, ((lo, hi), m) in enumerate(zip(ranges, taken)):
+            entry = {"worker": w, "batches_consumed": m, "file": None, "row": None}
+            if lo + m < hi:
+                first = self._window_batches(lo, lo + m)[0]
+                row = self._slice_start + first * self.batch_size
+                i = int(np.searchsorted(starts, row, side="right")) - 1
+                g = int(order[i])
+                within = (
+                    row - int(starts[i]) + int(self._group_rows[:g][self._group_file[:g] == self._group_file[g]].sum())
+                )
+                entry.update(file=self.paths[int(self._group_file[g])], row=within)
+            out.append(entry)
+        return out
+
+    # -- bad-value counters -----------------------------------------------------------
+
+    def data_stats(self, per_column: bool = False) -> dict[str, int]:
+        """Bad-value events in the batches handed out in this process so far (directly or
+        through :func:`make_loader`, workers included), plus ``rows_dropped_partial_batch``
+        per pass started and ``empty_files_skipped`` at construction.
+
+        Args:
+            per_column: keys ``"counter/column"`` instead of totals per counter.
+
+        Returns:
+            totals: every counter of :data:`datasets.convert.COUNTERS`, 0 when nothing
+            happened; per column: only the non-zero ``counter/column`` entries.
+        """
+        if per_column:
+            return dict(sorted(self._stats.items()))
+        totals = dict.fromkeys(COUNTERS, 0)
+        for key, value in self._stats.items():
+            name = key.split("/", 1)[0]
+            totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def _add_stats(self, stats: dict[str, int]) -> None:
+        for key, value in stats.items():
+            self._stats[key] = self._stats.get(key, 0) + value
+
+    def _pass_started(self) -> None:
+        if self._rows_dropped:
+            self._add_stats({"rows_dropped_partial_batch": self._rows_dropped})
+
     # -- reading ----------------------------------------------------------------------
 
-    def _worker_range(self) -> tuple[int, int]:
-        """Global [lo, hi) row range for this DataLoader worker (the whole rank without one)."""
-        info = torch.utils.data.get_worker_info()
-        if info is None or info.num_workers == 1:
-            return self._start, self._stop
-        s, b = self._num_batches, self.batch_size
-        w, nw = info.id, info.num_workers
-        lo = self._start + (w * s // nw) * b
-        hi = min(self._start + ((w + 1) * s // nw) * b, self._stop)
-        return lo, hi
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row groups in epoch order, their first rows: int64 [G+1] cumulative)."""
+        g = len(self._group_rows)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, 0x0F11E5]).permutation(g)
+        else:
+            order = np.arange(g)
+        starts = np.zeros(g + 1, dtype=np.int64)
+        np.cumsum(self._group_rows[order], out=starts[1:])
+        return order, starts
 
-    def _blocks(self, lo: int, hi: int) -> Iterator[_Block]:
-        """Blocks covering global rows [lo, hi), one per overlapping row group."""
-        open_file: Optional[tuple[int, pq.ParquetFile]] = None
+    def _window_batches(self, first: int, start: int, starts: Optional[np.ndarray] = None) -> tuple[int, int]:
+        """The window (rank batch indices [a, b)) holding batch ``start`` of a worker whose
+        batches begin at ``first``.
+
+        With a shuffle buffer, windows of K batches lie on a grid from ``first`` (so a resumed
+        reader rebuilds the same permutations). Without one a window starts at ``start`` and
+        holds up to ``CHUNK_ROWS`` rows; given the epoch's row-group ``starts`` it also ends
+        at the last batch boundary inside the row group it starts in (when a whole batch fits
+        there), so that most windows are slices of a single row group and convert without
+        copies."""
+        if self.shuffle_buffer_rows:
+            k = max(1, self.shuffle_buffer_rows // self.batch_size)
+            a = first + (start - first) // k * k
+            return a, a + k
+        size = self.batch_size
+        b = start + max(1, CHUNK_ROWS // size)
+        if starts is not None:
+            row = self._slice_start + start * size
+            group_end = int(starts[int(np.searchsorted(starts, row, side="right"))])
+            inside = start + (group_end - row) // size  # batches that fit before the group ends
+            if inside > start:
+                b = min(b, inside)
+        return start, b
+
+    def _read_rows(self, source: _Source, order: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> pa.Table:
+        """Rows [lo, hi) of the epoch order, only the schema's columns."""
+        pieces = []
+        i = int(np.searchsorted(starts, lo, side="right")) - 1
+        while lo < hi:
+            g, g_start, g_stop = int(order[i]), int(starts[i]), int(starts[i + 1])
+            table = source.group(g)
+            b = min(hi, g_stop)
+            pieces.append(table if (lo == g_start and b == g_stop) else table.slice(lo - g_start, b - lo))
+            lo, i = b, i + 1
+        return concat_tables(pieces)
+
+    def _convert(self, table: pa.Table, order: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> Block:
         try:
-            for g in self._row_groups:
-                a, b = max(lo, g.start), min(hi, g.start + g.rows)
-                if a >= b:
-                    if g.start >= hi:
-                        break
-                    continue
-                path = self.paths[g.file]
-                if open_file is None or open_file[0] != g.file:
-                    if open_file is not None:
-                        open_file[1].close()
-                    open_file = (g.file, _open(path))
-                try:
-                    table = open_file[1].read_row_group(g.index, columns=self.columns)
-                except (pa.ArrowException, OSError) as err:
-                    raise DataError(f"{path}: cannot read row group {g.index} ({err})") from None
-                if a - g.start != 0 or b - a != g.rows:
-                    table = table.slice(a - g.start, b - a)
-                yield self._convert(table, path)
+            return self._converter.convert(table)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
+            a = int(np.searchsorted(starts, lo, side="right")) - 1
+            b = int(np.searchsorted(starts, hi - 1, side="right")) - 1
+            files = sorted({self.paths[int(self._group_file[int(g)])] for g in order[a : b + 1]})
+            raise DataError(f"{', '.join(files)}: cannot convert rows to tensors ({err})") from None
+
+    def _windows(self, first: int, start: int, stop: int, starts: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
+        """(first batch, end batch, first row, end row) of each window from batch ``start``
+        to ``stop`` of a worker whose share begins at batch ``first``."""
+        size, j = self.batch_size, start
+        while j < stop:
+            a, b = self._window_batches(first, j, starts)
+            b = min(b, stop)
+            yield a, b, self._slice_start + a * size, min(self._slice_start + b * size, self._slice_stop)
+            j = b
+
+    def _worker_batches(self, epoch: int, first: int, start: int, stop: int) -> Iterator[Batch]:
+        """A worker's batches ``start .. stop-1`` (rank batch indices; its share begins at ``first``).
+
+        One background thread reads (decodes) the next window while this one converts the
+        current one, so I/O and decoding overlap with the numpy work."""
+        order, starts = self._layout(epoch)
+        size = self.batch_size
+        source = _Source(self)
+        windows = self._windows(first, start, stop, starts)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read")
+
+        def read(window: Optional[tuple[int, int, int, int]]):
+            if window is None:
+                return None
+            return window, self._read_rows(source, order, starts, window[2], window[3])
+
+        try:
+            pending = pool.submit(read, next(windows, None))
+            while True:
+                done = pending.result()
+                if done is None:
+                    break
+                (a, _, lo, hi), table = done
+                pending = pool.submit(read, next(windows, None))
+                block = self._convert(table, order, starts, lo, hi)
+                del table, done
+                if self.shuffle_buffer_rows:
+                    rng = np.random.default_rng([self.seed, epoch, 0xB0FFE2, lo])
+                    block = block.take(rng.permutation(block.n))
+                first_row = (max(start, a) - a) * size
+                for row in range(first_row, block.n, size):
+                    yield self._converter.batch(block, row, min(row + size, block.n))
         finally:
-            if open_file is not None:
-                open_file[1].close()
-
-    def _convert(self, table: pa.Table, path: str) -> _Block:
-        """Arrow rows → numpy block (no per-row Python)."""
-        n = table.num_rows
-        f = self.schema.features
-        cols = {name: table.column(name).combine_chunks() for name in self.columns}
-
-        def floats(name: str, fill: float) -> np.ndarray:
-            values, nulls = _to_float(cols[name], fill)
-            if nulls:
-                self.null_counts[name] = self.null_counts.get(name, 0) + nulls
-            return values
-
-        def ids(feat: SparseFeature | SequenceFeature) -> _Jagged:
-            return _jagged(cols[feat.name], feat, f.table(feat.table).num_embeddings, self.null_counts)
-
-        dense = np.stack([floats(c, 0.0) for c in f.dense], axis=1) if f.dense else np.zeros((n, 0), np.float32)
-        labels = np.stack([floats(t, 0.0) for t in self.schema.task_names], axis=1)
-        weights = floats(f.weight_column, 1.0) if f.weight_column else np.ones(n, dtype=np.float32)
-        try:
-            sparse = [ids(s) for s in self.sparse_features]
-            sequence = [ids(s) for s in self.sequence_features]
-        except (pa.ArrowException, ValueError) as err:
-            raise DataError(f"{path}: cannot convert id columns ({err})") from None
-        return _Block(dense, sparse, sequence, labels, weights)
-
-    def _to_batch(self, block: _Block) -> Batch:
-        n = block.n
-        return Batch(
-            dense=torch.from_numpy(np.ascontiguousarray(block.dense)),
-            sparse=_kjt([s.name for s in self.sparse_features], block.sparse, n),
-            sequence=_kjt([s.name for s in self.sequence_features], block.sequence, n),
-            labels=torch.from_numpy(np.ascontiguousarray(block.labels)),
-            weights=torch.from_numpy(np.ascontiguousarray(block.weights)),
-        )
+            pool.shutdown(wait=True, cancel_futures=True)
+            source.close()
 
     def __iter__(self) -> Iterator[Batch]:
-        lo, hi = self._worker_range()
-        size = self.batch_size
-        carry: Optional[_Block] = None
-        for block in self._blocks(lo, hi):
-            pos = 0
-            if carry is not None:  # top up the previous row group's remainder
-                take = min(size - carry.n, block.n)
-                carry, pos = _Block.concat([carry, block.slice(0, take)]), take
-                if carry.n < size:
-                    continue
-                yield self._to_batch(carry)
-                carry = None
-            while block.n - pos >= size:
-                yield self._to_batch(block.slice(pos, pos + size))
-                pos += size
-            if pos < block.n:
-                carry = block.slice(pos, block.n)
-        if carry is not None and carry.n:
-            yield self._to_batch(carry)
+        info = torch.utils.data.get_worker_info()
+        nw, w = (1, 0) if info is None else (info.num_workers, info.id)
+        counts = [b - a for a, b in (_split(self._num_batches, nw, i) for i in range(nw))]
+        taken = interleaved_counts(counts, self._start_batch)
+        # A resumed pass starts its round-robin at the worker whose batch comes next: the
+        # DataLoader's worker i plays share (i + that worker) mod n.
+        share = (w + next_worker(counts, taken)) % nw
+        lo, hi = _split(self._num_batches, nw, share)
+        batches = self._worker_batches(self.epoch, lo, lo + taken[share], hi)
+        if info is not None:  # a DataLoader worker: the parent counts (make_loader)
+            yield from batches
+            return
+        self._position = self._start_batch
+        self._pass_started()
+        for batch in batches:
+            self._add_stats(batch.stats)
+            self._position += 1
+            yield batch
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _worker_message(err: Exception) -> str:
+    """The original message of an error re-raised by the DataLoader from a worker."""
+    text = str(err)
+    marker = "DataError: "
+    return text.rsplit(marker, 1)[-1].strip() if marker in text else text
+
+
+class ReaderLoader:
+    """What :func:`make_loader` returns: iterate it once per epoch pass (after
+    ``reader.set_epoch`` / ``reader.load_state_dict``); ``len()`` is the pass's batches."""
+
+    def __init__(self, reader: ParquetReader, pin_memory: Optional[bool] = None, prefetch_factor: int = 2) -> None:
+        self.reader = reader
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        reader = self.reader
+        if reader.num_workers == 0:
+            for batch in reader:
+                yield batch.pin_memory() if self.pin_memory else batch
+            return
+        loader = DataLoader(
+            reader,
+            batch_size=None,
+            num_workers=reader.num_workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor,
+            persistent_workers=False,  # every pass must see the parent's epoch and position
+        )
+        reader._position = reader._start_batch
+        reader._pass_started()
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                reader._add_stats(batch.stats)
+                reader._position += 1
+                yield batch
+        except DataError as err:
+            message = _worker_message(err)
+        else:
+            return
+        _stop_workers(batches)
+        raise DataError(message)
+
+
+def _stop_workers(batches) -> None:
+    """End a failed DataLoader pass's worker processes now. Left to the DataLoader, workers
+    holding prefetched batches take its status-check interval (5 s) each to be killed."""
+    for process in getattr(batches, "_workers", []):
+        if process.is_alive():
+            process.terminate()
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def make_loader(reader: ParquetReader, *, pin_memory: Optional[bool] = None, prefetch_factor: int = 2) -> ReaderLoader:
+    """The batches of ``reader``'s next pass: read in this process when
+    ``reader.num_workers == 0``, otherwise by a ``DataLoader`` with that many worker processes
+    (non-persistent, so each pass sees the reader's epoch and resume position). Pins memory
+    when CUDA is available unless ``pin_memory`` says otherwise. Bad-value counters of every
+    batch reach ``reader.data_stats()``; a :class:`DataError` in a worker is re-raised here
+    with its own message."""
+    return ReaderLoader(reader, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
 
 
 def read_batches(

@@ -34,16 +34,25 @@ class TableConfig:
 
 @dataclass
 class SparseFeature:
-    """A pooled id feature read from column ``name``: an int64 scalar or, when
-    ``multi_valued``, a list<int64> of at most ``max_len`` ids (the first ones kept).
-    Ids are mapped into the table by ``id mod num_embeddings``."""
+    """A pooled id feature read from column ``name``: one id per row or, when
+    ``multi_valued``, a list of ids of which the first ``max_len`` are kept.
+
+    Ids may be integers (any width, signed or not) or strings. An integer id maps to row
+    ``id mod num_embeddings`` (floor modulo, so negative ids land in the table too); a string
+    is hashed with :func:`datasets.hashing.stable_hash` first. ``weight_column`` names a
+    column of per-id weights (a float for a scalar feature, a list<float> as long as the id
+    list for a multi-valued one) for weighted pooling; ids without a weight weigh 1.0."""
 
     name: str
     table: str
     multi_valued: bool = False
     pooling: Literal["sum", "mean"] = "sum"
     max_len: Optional[int] = None
-    weight_column: Optional[str] = None  # list<float> column, one weight per id, for weighted pooling
+    weight_column: Optional[str] = None  # per-id weights: float (scalar) or list<float> (multi_valued)
+
+    def __post_init__(self) -> None:
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"sparse feature {self.name!r}: max_len must be at least 1")
 
 
 @dataclass
@@ -75,23 +84,56 @@ class TaskConfig:
 
 
 @dataclass
+class DenseNormalization:
+    """How the reader normalises one dense column: ``x → sign(x)·log1p(|x|)`` first when
+    ``log``, then ``(x - mean) / std``, then clipped to ``[-clip, clip]`` when ``clip`` is set.
+    ``mean`` and ``std`` are statistics of the (log-transformed) training values, e.g. the
+    ones ``python -m datasets.census`` writes into its ``stats.json``."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    log: bool = False
+    clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not self.std > 0:
+            raise ValueError("std must be positive")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError("clip must be positive")
+
+
+@dataclass
 class FeatureSchema:
-    """All input columns: dense floats, pooled id features and behaviour sequences."""
+    """All input columns: dense floats, pooled id features and behaviour sequences.
+
+    ``normalization`` maps dense column names to their :class:`DenseNormalization` (columns
+    not named are read as they are). ``weight_column`` is the per-row sample weight;
+    ``group_column`` an optional user / group id (integer or string) read into
+    ``Batch.group_ids`` for group AUC, not a model input."""
 
     tables: list[TableConfig]
     dense: list[str] = field(default_factory=list)
     sparse: list[SparseFeature] = field(default_factory=list)
     sequences: list[SequenceFeature] = field(default_factory=list)
     weight_column: Optional[str] = None
+    normalization: dict[str, DenseNormalization] = field(default_factory=dict)
+    group_column: Optional[str] = None
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names in {names}")
         columns = self.dense + [f.name for f in self.sparse] + [s.name for s in self.sequences]
+        columns += [f.weight_column for f in self.sparse if f.weight_column]
         duplicates = sorted({c for c in columns if columns.count(c) > 1})
         if duplicates:
             raise ValueError(f"column(s) {duplicates} declared more than once")
+        for extra in (self.weight_column, self.group_column):
+            if extra is not None and extra in columns:
+                raise ValueError(f"column {extra!r} is both a feature and the weight or group column")
+        unknown = sorted(set(self.normalization) - set(self.dense))
+        if unknown:
+            raise ValueError(f"normalization names column(s) {unknown} that are not dense features")
         for feature in [*self.sparse, *self.sequences]:
             if feature.table not in names:
                 raise ValueError(f"feature {feature.name!r} uses unknown table {feature.table!r}; tables: {names}")
@@ -151,6 +193,13 @@ class Schema:
             raise ValueError("at least one task is needed")
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate task names in {names}")
+        f = self.features
+        inputs = [*f.dense, *[s.name for s in f.sparse], *[s.name for s in f.sequences]]
+        inputs += [s.weight_column for s in f.sparse if s.weight_column]
+        inputs += [c for c in (f.weight_column, f.group_column) if c]
+        clash = sorted(set(names) & set(inputs))
+        if clash:
+            raise ValueError(f"label column(s) {clash} are also declared as inputs")
         for task in self.tasks:
             if task.space is not None:
                 gate = next((t for t in self.tasks if t.name == task.space), None)
@@ -163,7 +212,10 @@ class Schema:
 
     @property
     def columns(self) -> list[str]:
-        """Every Parquet column the reader needs."""
+        """Every Parquet column the reader needs: dense, sparse, sequences, labels, then the
+        sample weight, the per-id weight columns and the group column where declared."""
         f = self.features
         cols = [*f.dense, *[s.name for s in f.sparse], *[s.name for s in f.sequences], *self.task_names]
-        return cols + ([f.weight_column] if f.weight_column else [])
+        cols += [f.weight_column] if f.weight_column else []
+        cols += [s.weight_column for s in f.sparse if s.weight_column]
+        return cols + ([f.group_column] if f.group_column else [])

@@ -12,7 +12,11 @@ columns exactly as ``Schema.columns`` declares them:
 * behaviour sequences: list<int64> ordered oldest → newest, 0 .. ``ceil(1.5 * max_len)``
   ids (about a third of them longer than ``max_len``);
 * one float32 label column per task (0/1 for binary tasks); a task with ``space: G`` is
-  only ever 1 where task G is 1; the weight column, if the schema has one, is all ones.
+  only ever 1 where task G is 1; the weight column, if the schema has one, is all ones;
+* per-id weight columns (``weight_column`` of a sparse feature): list<float32> as long as
+  the id list (float32 for a scalar feature), in [0.25, 1.75); the ground truth pools the
+  ids' latent factors with these weights, so weighted pooling can learn them;
+* the group column, if declared: the user id (int64), for group AUC.
 
 The ground truth (the "world") is a fixed function of the seed:
 
@@ -164,11 +168,14 @@ def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
 
 
-def _ragged_mean(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """Per-row mean of ``values`` [m, k] grouped by ``rows`` [m]; 0 for empty rows. → [n, k]."""
-    sums = np.stack([np.bincount(rows, weights=values[:, j], minlength=n) for j in range(values.shape[1])], axis=1)
-    counts = np.bincount(rows, minlength=n)[:, None]
-    return sums / np.maximum(counts, 1)
+def _ragged_mean(values: np.ndarray, rows: np.ndarray, n: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per-row (weighted) mean of ``values`` [m, k] grouped by ``rows`` [m]; 0 for empty rows. → [n, k]."""
+    w = np.ones(len(rows)) if weights is None else weights.astype(np.float64)
+    sums = np.stack(
+        [np.bincount(rows, weights=values[:, j] * w, minlength=n) for j in range(values.shape[1])], axis=1
+    )
+    totals = np.bincount(rows, weights=w, minlength=n)[:, None]
+    return sums / np.where(totals > 0, totals, 1.0)
 
 
 # ----------------------------------------------------------------------------- the world
@@ -332,12 +339,21 @@ class SyntheticWorld:
                 columns[feat.name] = _list_array(lengths, values)
                 rows, pos = _positions(lengths)
                 keep = pos < feat.max_len if feat.max_len else np.ones(len(pos), dtype=bool)
-                lat = _ragged_mean(self.latents[feat.table](values[keep]), rows[keep], n)
+                id_weights = None
+                if feat.weight_column:  # per-id weights in [0.25, 1.75): the truth pools with them
+                    id_weights = (0.25 + 1.5 * rng.random(len(values))).astype(np.float32)
+                    columns[feat.weight_column] = _list_array(lengths, id_weights, pa.float32())
+                    id_weights = id_weights[keep]
+                lat = _ragged_mean(self.latents[feat.table](values[keep]), rows[keep], n, id_weights)
             else:
                 values = entity[side] if identity else self._scalar_attribute(feat, entity[side])
                 columns[feat.name] = pa.array(values, type=pa.int64())
                 first_on_table.setdefault(feat.table, values)
                 lat = self.latents[feat.table](values).astype(np.float64)
+                if feat.weight_column:  # a scalar id's weight scales its latent factor
+                    id_weight = (0.25 + 1.5 * rng.random(n)).astype(np.float32)
+                    columns[feat.weight_column] = pa.array(id_weight)
+                    lat = lat * id_weight[:, None]
             weight = 0.6 if identity else 1.0
             side_vec[side] += weight * lat[:, : self.k]
             side_weight[side] += weight**2
@@ -371,6 +387,8 @@ class SyntheticWorld:
             columns[task.name] = pa.array(labels[:, t].astype(np.float32))
         if f.weight_column:
             columns[f.weight_column] = pa.array(np.ones(n, dtype=np.float32))
+        if f.group_column:
+            columns[f.group_column] = pa.array(entity["user"], type=pa.int64())
         ordered = {name: columns[name] for name in self.schema.columns}
         return Rows(columns=ordered, logits=logits, space=space)
 
@@ -459,10 +477,11 @@ class SyntheticWorld:
             spaces[task.name] = space * _sigmoid(z[:, t] + self.bias[t])
 
 
-def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.Array:
+def _list_array(lengths: np.ndarray, values: np.ndarray, value_type: Optional[pa.DataType] = None) -> pa.Array:
+    value_type = pa.int64() if value_type is None else value_type
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64()))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -497,9 +516,11 @@ def _write_file(
 def _arrow_type(schema: Schema, column: str) -> pa.DataType:
     f = schema.features
     lists = {s.name for s in f.sparse if s.multi_valued} | {s.name for s in f.sequences}
-    ids = {s.name for s in f.sparse if not s.multi_valued}
+    ids = {s.name for s in f.sparse if not s.multi_valued} | ({f.group_column} if f.group_column else set())
     if column in lists:
         return pa.list_(pa.int64())
+    if column in {s.weight_column for s in f.sparse if s.multi_valued and s.weight_column}:
+        return pa.list_(pa.float32())
     return pa.int64() if column in ids else pa.float32()
 
 

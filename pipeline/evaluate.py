@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from datasets.reader import ParquetReader, resolve_paths
+from datasets.reader import make_loader
 from pipeline import checkpoint as ckpt
 from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
 from pipeline.config import ExperimentConfig
@@ -24,7 +24,7 @@ from pipeline.distributed import DistInfo, init_distributed, shutdown
 from pipeline.logs import quiet_third_party, say
 from pipeline import report
 from pipeline.scoring import ScoreOptions, ScoreResult, score
-from pipeline.train import build_sharded_model
+from pipeline.train import build_sharded_model, reader_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,11 +65,11 @@ def evaluate(
     state = {"model": model.state_dict()}
     ckpt.load_checkpoint(checkpoint, state)
     model.load_state_dict(state["model"])
-    reader = ParquetReader(
-        resolve_paths(data), cfg.schema, batch_size, rank=info.rank, world_size=info.world_size, drop_last=False
-    )
+    reader = reader_for(cfg, data, info, batch_size, train=False)
     try:
-        scored = score(model, reader, reader.num_batches, cfg.schema, info.device, options, cfg.model.fusion.type)
+        scored = score(
+            model, make_loader(reader), reader.num_batches, cfg.schema, info.device, options, cfg.model.fusion.type
+        )
     except ValueError as err:
         raise UserError(f"eval data {data!r}: {err}") from None
     result = {

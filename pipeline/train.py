@@ -29,7 +29,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from datasets.batch import Batch
-from datasets.reader import ParquetReader, resolve_paths
+from datasets.reader import ParquetReader, make_loader, resolve_paths
 from models import build_model
 from models.losses import MultiTaskLoss
 from pipeline import checkpoint as ckpt
@@ -97,15 +97,47 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
 
 
 def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, epochs: int) -> Iterator[Batch]:
-    """Batches from the trainer's position on: the rest of the current epoch, then the next ones."""
+    """Batches from the trainer's position on: the rest of the current epoch, then the next ones.
+
+    A resumed reader (``load_state_dict``) already stands at the position of ``state``, so its
+    first pass starts right after the last trained batch without re-reading earlier rows.
+    """
     remaining = max_steps - state.step
     for epoch in range(state.epoch, epochs):
-        skip = state.batch_in_epoch if epoch == state.epoch else 0
-        for batch in itertools.islice(iter(reader), skip, None):
+        if epoch != reader.epoch:
+            reader.set_epoch(epoch)
+        for batch in make_loader(reader):
             if remaining <= 0:
                 return
             remaining -= 1
             yield batch
+
+
+def reader_for(cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int, train: bool) -> ParquetReader:
+    """The reader of this rank: shuffled and with full batches only for training."""
+    data = cfg.data
+    return ParquetReader(
+        resolve_paths(spec),
+        cfg.schema,
+        batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        drop_last=train,
+        seed=data.seed,
+        shuffle=data.shuffle and train,
+        shuffle_buffer_rows=data.shuffle_buffer_rows if train else 0,
+        num_workers=data.num_workers,
+    )
+
+
+def data_stats(reader: ParquetReader) -> dict[str, int]:
+    """The reader's bad-value and drop counters, summed over all ranks (collective)."""
+    stats = reader.data_stats()
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return {k: int(v) for k, v in zip(keys, values.tolist())}
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -177,9 +209,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         if cfg.data.train is None:
             raise UserError("no train data: set data.train in the config or pass --train-data")
-        self.reader = ParquetReader(
-            resolve_paths(cfg.data.train), cfg.schema, cfg.data.batch_size, rank=info.rank, world_size=info.world_size
-        )
+        self.reader = reader_for(cfg, cfg.data.train, info, cfg.data.batch_size, train=True)
         self.steps_per_epoch = self.reader.num_batches
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -190,14 +220,7 @@ class Trainer:
         self.max_steps = min(cfg.train.max_steps or total, total)
         self.eval_reader = None
         if cfg.train.eval_every_n_steps:
-            self.eval_reader = ParquetReader(
-                resolve_paths(cfg.data.eval),
-                cfg.schema,
-                cfg.eval.batch_size or cfg.data.batch_size,
-                rank=info.rank,
-                world_size=info.world_size,
-                drop_last=False,
-            )
+            self.eval_reader = reader_for(cfg, cfg.data.eval, info, cfg.eval.batch_size or cfg.data.batch_size, False)
 
         self.model, plan, memory = build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
         self.plan_rows = describe_plan(plan)
@@ -228,6 +251,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(meta["lr_scheduler"])
         self.state = TrainerState(**meta["trainer"])
+        self.reader.load_state_dict(meta["reader"])
         rng = ckpt.load_rank_state(path, self.info.rank)
         if rng is not None:
             set_rng_state(rng["rng"], self.info.device)
@@ -243,6 +267,7 @@ class Trainer:
             "model": self.cfg.model.name,
             "trainer": asdict(s),
             "lr_scheduler": self.scheduler.state_dict(),
+            "reader": self.reader.state_dict(epoch=s.epoch, batches_consumed=s.batch_in_epoch),
         }
         path = ckpt.save_checkpoint(
             self.run_dir,
@@ -264,7 +289,9 @@ class Trainer:
         model = pipeline.detach()
         limit = self.cfg.train.eval_max_batches
         n = self.eval_reader.num_batches if limit is None else min(limit, self.eval_reader.num_batches)
-        result = score(model, itertools.islice(iter(self.eval_reader), n), n, self.cfg.schema, self.info.device)
+        self.eval_reader.set_epoch(0)  # every evaluation reads the same rows from the start
+        batches = itertools.islice(iter(make_loader(self.eval_reader)), n)
+        result = score(model, batches, n, self.cfg.schema, self.info.device)
         pipeline.attach(model)
         return result.tasks
 
@@ -333,6 +360,7 @@ class Trainer:
                     record["samples_per_s"] = round(steps * self.global_batch / elapsed, 1)
                     record["lr"] = self.scheduler.get_last_lr()[0]
                     record["metrics"] = metrics.compute()
+                    record["data"] = data_stats(self.reader)
                     jsonl.write(record)
                     board.write(record)
                     bar.show(record)

@@ -148,7 +148,7 @@ def test_drop_last_false_reads_every_row_once(dataset, world_size):
 
 
 def test_dataloader_workers_share_a_rank(dataset):
-    paths, rows = dataset
+    paths, _ = dataset
     reader = ParquetReader(paths, SCHEMA, 8, rank=1, world_size=2)
     expected = [i for b in reader for i in row_ids(b)]
     loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=2)
@@ -210,13 +210,25 @@ def test_tensors_match_a_pure_python_reading(dataset):
     assert checked == len(rows)
 
 
-def test_null_counts(dataset):
+def test_null_counters(dataset):
     paths, rows = dataset
     reader = ParquetReader(paths, SCHEMA, 1000, drop_last=False)
-    list(reader)
-    for col in ("d1", "tag", "tags", "w"):
-        assert reader.null_counts[col] == sum(r[col] is None for r in rows.values()), col
-    assert reader.null_counts["hist"] == sum(v is None for r in rows.values() for v in r["hist"])
+    batches = list(reader)
+    per_column = reader.data_stats(per_column=True)
+    assert per_column["null_dense_filled/d1"] == sum(r["d1"] is None for r in rows.values())
+    assert per_column["null_ids_as_empty/tag"] == sum(r["tag"] is None for r in rows.values())
+    assert per_column["null_ids_as_empty/tags"] == sum(r["tags"] is None for r in rows.values())
+    assert per_column["null_weight_filled/w"] == sum(r["w"] is None for r in rows.values())
+    assert per_column["null_list_ids_dropped/hist"] == sum(v is None for r in rows.values() for v in r["hist"])
+    totals = reader.data_stats()
+    assert totals["null_ids_as_empty"] == per_column["null_ids_as_empty/tag"] + per_column["null_ids_as_empty/tags"]
+    assert totals["empty_files_skipped"] == 1  # SIZES has one empty file
+    # every batch reports its own rows' events; they add up to the reader's totals
+    summed: dict[str, int] = {}
+    for b in batches:
+        for key, value in b.stats.items():
+            summed[key] = summed.get(key, 0) + value
+    assert summed == {k: v for k, v in per_column.items() if k != "empty_files_skipped"}
 
 
 def test_other_column_types(tmp_path):
@@ -320,9 +332,9 @@ def test_missing_column_names_file_and_column(tmp_path):
 @pytest.mark.parametrize(
     "column, arrow_type, hint",
     [
-        ("tag", pa.float64(), "expected an integer column"),
+        ("tag", pa.float64(), "expected an integer or string column"),
         ("row_id", pa.list_(pa.int64()), "multi_valued"),
-        ("tags", pa.int64(), "expected a list<integer> column"),
+        ("tags", pa.int64(), "expected a list<integer> or list<string> column"),
         ("hist", pa.list_(pa.float32()), "sequence feature"),
         ("y1", pa.string(), "label of task 'y1'"),
     ],

@@ -233,3 +233,35 @@ def test_cli(tmp_path, capsys):
 
     assert main(["--config", str(DEMO), "--out", str(tmp_path), "--rows", "10", "--set", "synthetic.bogus=1"]) == 2
     assert "synthetic.bogus" in capsys.readouterr().err
+
+
+def test_weight_and_group_columns_read_back(tmp_path):
+    """Per-id weight columns are as long as their id lists and feed a weighted KJT; the
+    group column is the user id."""
+    from datasets.reader import ParquetReader
+
+    schema = Schema(
+        features=FeatureSchema(
+            tables=[TableConfig("user", 500, 4), TableConfig("tag", 50, 4)],
+            sparse=[
+                SparseFeature("user_id", "user"),
+                SparseFeature("user_tags", "tag", multi_valued=True, max_len=3, weight_column="user_tags_w"),
+            ],
+            group_column="uid",
+        ),
+        tasks=[TaskConfig("click")],
+    )
+    generate(schema, SyntheticConfig(train_files=1, eval_files=1, row_group_size=400), 1000, tmp_path)
+    table = read_all(tmp_path / "train")
+    assert table.schema.field("user_tags_w").type == pa.list_(pa.float32())
+    ids, weights = table.column("user_tags").to_pylist(), table.column("user_tags_w").to_pylist()
+    assert [len(i) for i in ids] == [len(w) for w in weights]
+    assert table.column("uid").to_pylist() == table.column("user_id").to_pylist()
+    reader = ParquetReader(str(tmp_path / "train"), schema, 100)
+    batch = next(iter(reader))
+    w = batch.sparse["user_tags"].weights()
+    assert len(w) == len(batch.sparse["user_tags"].values()) and ((w >= 0.25) & (w < 1.75)).all()
+    assert (batch.sparse["user_id"].weights() == 1).all()
+    assert batch.group_ids.tolist() == batch.sparse["user_id"].values().tolist()
+    stats = reader.data_stats()
+    assert stats["empty_lists"] > 0 and stats["id_weights_mismatch_filled"] == stats["null_id_weights_filled"] == 0

@@ -43,6 +43,9 @@ def test_two_rank_training_writes_dcp_checkpoints(trained):
             assert name in metrics, name
     assert metrics["auc/click/window"] > 0.55
     assert metrics["throughput/total_examples"] == 120 * BATCH * 2
+    data = log[-1]["data"]  # the reader's counters, summed over ranks
+    assert data["rows_dropped_partial_batch"] == 32000 - 2 * (16000 // BATCH) * BATCH
+    assert data["ids_truncated"] > 0  # the synthetic sequences run past max_len
 
 
 def test_evaluation_of_two_rank_checkpoint_in_one_process(demo_logs, trained, tmp_path):
@@ -78,12 +81,17 @@ def test_checkpoint_reshards_into_two_ranks_with_another_plan(demo_logs, trained
             assert double["tasks"][task][key] == pytest.approx(metrics[key], rel=1e-6), (task, key)
 
 
-def test_resume_continues_exactly_where_it_stopped(demo_logs, tmp_path):
+@pytest.mark.parametrize("order", ["in_order", "shuffled"])
+def test_resume_continues_exactly_where_it_stopped(demo_logs, tmp_path, order):
+    """40 steps, then 40 resumed steps (the reader seeks to its saved position) give the
+    same model as 80 straight steps: no batch trained twice, none skipped."""
+    data = ["--set", "data.shuffle=true", "--set", "data.shuffle_buffer_rows=3000"] if order == "shuffled" else []
     straight = tmp_path / "straight"
-    train(demo_logs, straight, 80)
+    train(demo_logs, straight, 80, *data)
     resumed = tmp_path / "resumed"
-    train(demo_logs, resumed, 40)
-    proc = train(demo_logs, resumed, 80, "--resume")
+    train(demo_logs, resumed, 40, *data)
+    assert meta(resumed / "checkpoints" / "step_00000040")["reader"]["batches_consumed"] == 40
+    proc = train(demo_logs, resumed, 80, "--resume", *data)
     assert "resumed from" in proc.stdout and "step_00000040" in proc.stdout
     m = meta(resumed / "checkpoints" / "step_00000080")
     assert m["step"] == 80 and m["samples_seen"] == 80 * BATCH * 2
