@@ -389,6 +389,12 @@ class ParquetReader(IterableDataset):
         return self._slice_stop - self._slice_start
 
     @property
+    def first_row(self) -> int:
+        """Index of this rank's first row in the files' order (row groups in file order, files
+        as resolved). Without shuffling and with one worker, rows come in that order from here."""
+        return self._slice_start
+
+    @property
     def rows_dropped(self) -> int:
         """Rows of this rank's slice that ``drop_last`` leaves out per epoch (0 when drop_last=False)."""
         return self._rows_dropped

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fusion-batches", type=int, default=20, metavar="N",
                         help="average the fusion matrices over the first N batches per rank (0: skip)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--predictions", metavar="OUT.parquet",
+                        help="also write row ids, labels and predictions (one file per rank under torchrun: "
+                             "OUT-rank{r}.parquet); reads with one worker so row ids follow the files' order")
     return parser.parse_args(argv)
 
 
@@ -56,22 +59,38 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def evaluate(
-    cfg: ExperimentConfig, checkpoint: Path, data: str, batch_size: int, info: DistInfo, options: ScoreOptions
+    cfg: ExperimentConfig,
+    checkpoint: Path,
+    data: str,
+    batch_size: int,
+    info: DistInfo,
+    options: ScoreOptions,
+    predictions: str | None = None,
 ) -> tuple[dict, ScoreResult]:
-    """Load ``checkpoint`` into the configured model and score ``data``.
+    """Load ``checkpoint`` into the configured model and score ``data`` (writing per-row
+    predictions to ``predictions`` when given).
 
     Returns (the JSON-ready result, the full ScoreResult with curves)."""
     model, _, _ = build_sharded_model(cfg, info, sparse_opt=None)
     state = {"model": model.state_dict()}
     ckpt.load_checkpoint(checkpoint, state)
     model.load_state_dict(state["model"])
+    if predictions:
+        cfg.data.num_workers = 0  # row ids follow the files' order only with one reader
     reader = reader_for(cfg, data, info, batch_size, train=False)
+    writer = None
+    if predictions:
+        writer = PredictionWriter(predictions_path(predictions, info), cfg.schema.task_names, reader.first_row)
+        options.on_batch = writer
     try:
         scored = score(
             model, make_loader(reader), reader.num_batches, cfg.schema, info.device, options, cfg.model.fusion.type
         )
     except ValueError as err:
         raise UserError(f"eval data {data!r}: {err}") from None
+    finally:
+        if writer is not None:
+            writer.close()
     result = {
         "model": cfg.model.name,
         "checkpoint": str(checkpoint),
@@ -86,6 +105,48 @@ def evaluate(
     if scored.fusion is not None:
         result["fusion"] = scored.fusion
     return result, scored
+
+
+class PredictionWriter:
+    """Streams ``row_id``, ``group_id`` (with a group column), ``label_<task>``,
+    ``prediction_<task>`` and ``weight`` to a Parquet file, one row group per batch.
+
+    ``row_id`` is the row's index in the eval files' order (files as resolved, rows in file order).
+    """
+
+    def __init__(self, path: Path, task_names: list[str], first_row: int) -> None:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        self.path, self.tasks, self.next_row = path, task_names, first_row
+        self._pq, self.writer = pq, None
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, batch, predictions) -> None:
+        import pyarrow as pa  # noqa: PLC0415
+
+        n = batch.batch_size
+        columns = {"row_id": pa.array(range(self.next_row, self.next_row + n), pa.int64())}
+        if batch.group_ids is not None:
+            columns["group_id"] = pa.array(batch.group_ids.cpu().numpy())
+        labels, preds = batch.labels.cpu().numpy(), predictions.float().cpu().numpy()
+        for i, task in enumerate(self.tasks):
+            columns[f"label_{task}"] = pa.array(labels[:, i])
+            columns[f"prediction_{task}"] = pa.array(preds[:, i])
+        columns["weight"] = pa.array(batch.weights.cpu().numpy())
+        table = pa.table(columns)
+        if self.writer is None:
+            self.writer = self._pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+        self.next_row += n
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def predictions_path(path: str, info: DistInfo) -> Path:
+    p = Path(path)
+    return p if info.world_size == 1 else p.with_name(f"{p.stem}-rank{info.rank}{p.suffix}")
 
 
 def write_outputs(result: dict, scored: ScoreResult, out: Path, plots: bool) -> list[Path]:
@@ -138,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
         info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
         try:
-            result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options)
+            result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options, args.predictions)
         finally:
             shutdown()
         if info.is_main:
@@ -147,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 for path in write_outputs(result, scored, Path(args.out), plots=not args.no_plots):
                     say(f"wrote {path}")
+            if args.predictions:
+                say(f"wrote predictions to {args.predictions}" + (" (one file per rank)" if info.world_size > 1 else ""))
     return 0
 
 

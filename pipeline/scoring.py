@@ -14,6 +14,7 @@ from torch import nn
 
 from datasets.batch import Batch
 from datasets.schema import Schema
+from pipeline.grouped import GroupAUC
 from pipeline.metrics import BootstrapMetrics, TaskMetrics
 
 
@@ -40,10 +41,12 @@ class ScoreOptions:
     """Extras beyond the point metrics. ``bootstrap``: Poisson replicates for confidence
     intervals (0: none); ``fusion_batches``: batches per rank over which the fusion matrices
     are averaged (0: none); ``on_batch``: called with (batch, predictions [B, T]) for every
-    real batch, e.g. to write predictions out."""
+    real batch, e.g. to write predictions out. ``gauc``: group AUC per binary task when the
+    batches carry group ids (``FeatureSchema.group_column``)."""
 
     bootstrap: int = 0
     seed: int = 0
+    gauc: bool = True
     fusion_batches: int = 0
     on_batch: Optional[Callable[[Batch, torch.Tensor], None]] = None
 
@@ -119,6 +122,7 @@ def score(
         for i, t in enumerate(schema.tasks)
     } if options.bootstrap else {}
     fusion = _FusionAverage(_inner(model), fusion_type) if options.fusion_batches else None
+    grouped = {t.name: GroupAUC() for t in schema.tasks if t.type == "binary"} if options.gauc else {}
     was_training = model.training
     model.eval()
     iterator, last, rows = iter(batches), None, 0
@@ -141,6 +145,8 @@ def score(
             metrics[task.name].update(predictions[:, i], labels[:, i], per_task[:, i])
             if task.name in boot:
                 boot[task.name].update(predictions[:, i], labels[:, i], per_task[:, i])
+            if task.name in grouped and batch.group_ids is not None:
+                grouped[task.name].update(batch.group_ids, predictions[:, i], labels[:, i], per_task[:, i])
     model.train(was_training)
     for m in [*metrics.values(), *boot.values()]:
         m.all_reduce()
@@ -148,6 +154,9 @@ def score(
     tasks = {name: m.compute() for name, m in metrics.items()}
     for name, b in boot.items():
         tasks[name]["ci"] = b.compute()
+    if schema.features.group_column:
+        for name, g in grouped.items():
+            tasks[name]["gauc"], tasks[name]["gauc_groups"] = g.compute()
     binary = [t.name for t in schema.tasks if t.type == "binary"]
     return ScoreResult(
         tasks=tasks,

@@ -130,7 +130,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, words):
 def test_evaluation_report_with_intervals_plots_and_fusion_matrices(demo_logs, trained, tmp_path):
     run_dir, _ = trained
     out = tmp_path / "report" / "eval.json"
-    result = evaluate(demo_logs, run_dir, out, "--bootstrap", "20", "--fusion-batches", "5")
+    predictions = tmp_path / "predictions.parquet"
+    result = evaluate(demo_logs, run_dir, out, "--bootstrap", "20", "--fusion-batches", "5",
+                      "--predictions", str(predictions))
     for task, metrics in result["tasks"].items():
         lo, hi = metrics["ci"]["auc"]
         assert lo <= metrics["auc"] <= hi and hi - lo < 0.2, task
@@ -143,6 +145,16 @@ def test_evaluation_report_with_intervals_plots_and_fusion_matrices(demo_logs, t
             assert sum(row) == pytest.approx(1.0, abs=1e-6)  # gate mass over all experts
     summary = out.with_suffix(".md").read_text()
     assert "| click |" in summary and "## Fusion level 2" in summary and "bootstrap" in summary
+    for task, metrics in result["tasks"].items():  # the demo schema has a group (user) column
+        assert 0.55 < metrics["gauc"] < 1.0 and metrics["gauc_groups"] > 100, task
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(predictions)
+    assert rows.column("row_id").to_pylist() == list(range(8000))
+    files = sorted((demo_logs / "eval").glob("*.parquet"))
+    truth = [v for f in files for v in pq.read_table(f, columns=["click"]).column("click").to_pylist()]
+    assert rows.column("label_click").to_pylist() == truth  # row ids follow the files' order
+    assert 0.0 < min(rows.column("prediction_click").to_pylist()) < max(rows.column("prediction_click").to_pylist()) < 1.0
     for name in ("roc.png", "calibration.png", "fusion.png"):
         png = out.parent / "eval_plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
