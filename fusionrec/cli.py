@@ -3,6 +3,7 @@
     fusionrec generate --config configs/demo.yaml --out data/demo --rows 200000
     fusionrec train    --config configs/demo.yaml --run-dir runs/demo      (one process)
     fusionrec evaluate --config configs/demo.yaml --checkpoint runs/demo --data ...
+    fusionrec plan     --config configs/production.yaml --world-size 64 --device cuda --hbm-gb 80
 
 For several ranks, launch the module under torchrun: ``torchrun ... -m pipeline.train ...``.
 """
@@ -16,6 +17,8 @@ COMMANDS = {
     "generate": ("datasets.synthetic", "write synthetic Parquet logs for a config"),
     "train": ("pipeline.train", "train (one process; use torchrun -m pipeline.train for more)"),
     "evaluate": ("pipeline.evaluate", "score a checkpoint on Parquet logs"),
+    "plan": ("sharding.plan", "plan the embedding tables for a cluster (no GPU needed)"),
+    "census": ("datasets.census", "convert the UCI Census-Income (KDD) file to Parquet logs"),
 }
 
 
