@@ -83,18 +83,18 @@ def test_checkpoint_reshards_into_two_ranks_with_another_plan(demo_logs, trained
 
 @pytest.mark.parametrize("order", ["in_order", "shuffled"])
 def test_resume_continues_exactly_where_it_stopped(demo_logs, tmp_path, order):
-    """40 steps, then 40 resumed steps (the reader seeks to its saved position) give the
-    same model as 80 straight steps: no batch trained twice, none skipped."""
+    """30 steps, then 30 resumed steps (the reader seeks to its saved position) give the
+    same model as 60 straight steps: no batch trained twice, none skipped."""
     data = ["--set", "data.shuffle=true", "--set", "data.shuffle_buffer_rows=3000"] if order == "shuffled" else []
     straight = tmp_path / "straight"
-    train(demo_logs, straight, 80, *data)
+    train(demo_logs, straight, 60, *data)
     resumed = tmp_path / "resumed"
-    train(demo_logs, resumed, 40, *data)
-    assert meta(resumed / "checkpoints" / "step_00000040")["reader"]["batches_consumed"] == 40
-    proc = train(demo_logs, resumed, 80, "--resume", *data)
-    assert "resumed from" in proc.stdout and "step_00000040" in proc.stdout
-    m = meta(resumed / "checkpoints" / "step_00000080")
-    assert m["step"] == 80 and m["samples_seen"] == 80 * BATCH * 2
+    train(demo_logs, resumed, 30, *data)
+    assert meta(resumed / "checkpoints" / "step_00000030")["reader"]["batches_consumed"] == 30
+    proc = train(demo_logs, resumed, 60, "--resume", *data)
+    assert "resumed from" in proc.stdout and "step_00000030" in proc.stdout
+    m = meta(resumed / "checkpoints" / "step_00000060")
+    assert m["step"] == 60 and m["samples_seen"] == 60 * BATCH * 2
     a = evaluate(demo_logs, straight, tmp_path / "a.json")["tasks"]
     b = evaluate(demo_logs, resumed, tmp_path / "b.json")["tasks"]
     for task in a:
