@@ -403,8 +403,33 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     return trainer.run()
 
 
+def keep_freed_memory() -> None:
+    """Keep freed memory in glibc's heap instead of returning it to the OS every step.
+
+    By default glibc serves large blocks with a fresh ``mmap`` and unmaps them on free, so each
+    step's activations, gradients and gloo buffers are page-faulted in again; measured on the
+    2-core CPU machine that costs 20-40% of throughput (benchmarks/results/throughput.md). This
+    is what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` do; the price is that the heap
+    keeps its high-water mark. A no-op off glibc; ``FUSIONREC_KEEP_FREED_MEMORY=0`` turns it off.
+    """
+    if os.environ.get("FUSIONREC_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
+        return
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_top_pad, 256 << 20)
+
+
 @record
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     quiet_third_party()
     args = parse_args(argv)
     with exit_on_user_error():

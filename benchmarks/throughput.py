@@ -1,0 +1,595 @@
+"""Throughput benchmark: fusionrec (TorchRec, 2 CPU ranks under torchrun) against a plain
+PyTorch trainer of the same model (benchmarks/baseline_trainer.py, one process).
+
+    python benchmarks/throughput.py --json benchmarks/results/throughput.json \
+        --md benchmarks/results/throughput.md
+
+For each config (``configs/demo.yaml`` and ``configs/bench_large.yaml``):
+
+1. Synthetic logs under ``data/bench_<name>`` (``datasets.synthetic``) unless already there.
+2. ``--repeats`` rounds, each running, one after the other (never at the same time):
+   * fusionrec: ``torchrun --nproc_per_node 2`` on this file's ``--worker`` mode, which builds
+     the real :class:`pipeline.train.Trainer` (planner, DMP, fused row-wise Adagrad,
+     TrainPipelineSparseDist, torchrec.metrics every step, JSONL log) and runs ``warmup +
+     steps`` steps with 1 intra-op thread per rank (``OMP_NUM_THREADS=1``); only the checkpoint
+     save is switched off. samples/s = ``steps x global batch / wall time of the last
+     `steps` steps`` (rank 0's clock, from after step ``warmup`` to after the last step, logging
+     included); the Trainer's own ``samples_per_s`` records are kept alongside;
+   * baseline: ``benchmarks/baseline_trainer.py`` with ``torch.set_num_threads(2)``, the same
+     global batch, the same reader, ``warmup`` untimed steps then ``steps`` timed ones.
+   The order alternates between rounds (fusionrec first in even rounds) so that drifts in the
+   machine's load hit both alike. The ratio is computed per round (same round = same
+   neighbours), and the reported ratio is the median over rounds.
+3. One extra fusionrec run per config with ``torch.profiler`` on rank 0 over ``--profile-steps``
+   steady-state steps, reduced to a step-time breakdown (see :func:`breakdown`).
+
+Global batch is equal: fusionrec ``2 ranks x B`` against the baseline's ``2B`` in one process,
+so both make the same number of optimizer updates per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DATE = "2026-11-22"
+CONFIGS = {"demo": "configs/demo.yaml", "large": "configs/bench_large.yaml"}
+SYNTH_ROWS = {"demo": 200_000, "large": 250_000}
+
+# --------------------------------------------------------------------------- phases
+# Top-level ``record_function`` ranges of one TrainPipelineSparseDist.progress call (torchrec
+# 1.8, train_pipelines.py) and of the Trainer loop around it, mapped to step phases.
+PHASES = [
+    ("data", ("## next_batch", "## copy_batch_to_gpu", "## load_batch")),
+    ("input_dist", ("## start_sparse_data_dist", "## wait_sparse_data_dist", "## wait_for_batch")),
+    ("forward", ("## forward",)),
+    ("backward", ("## backward",)),
+    ("optimizer", ("## optimizer", "## zero_grad")),
+    ("metrics+loss window", ("## bench:metrics_update", "## bench:loss_window")),
+    ("logging (every log_every steps)", ("## bench:log",)),
+]
+
+
+def phase_of(name: str) -> str | None:
+    for phase, prefixes in PHASES:
+        if any(name.startswith(p) for p in prefixes):
+            return phase
+    return None
+
+
+def breakdown(events, steps: int, step_wall_ms: float) -> dict:
+    """Per-step ms of each phase from the profiler's record_function ranges.
+
+    A range counts for its phase only when no enclosing range already counted (so a
+    ``## forward ##`` inside nothing counts once, nested ranges are not double counted).
+    The rest of the step's wall time is ``other`` (Python glue of the pipeline and trainer,
+    scheduler, progress bookkeeping). Communication ops (gloo all_to_all / all_reduce /
+    all_gather, awaited waits) are also summed inside each phase as ``comm_in``.
+    """
+    ranges = []  # (start_us, end_us, phase)
+    comm = []  # (start_us, end_us)
+    for e in events:
+        name = e.name
+        start = e.time_range.start
+        end = e.time_range.end
+        ph = phase_of(name)
+        if ph is not None:
+            ranges.append((start, end, ph))
+        elif any(
+            k in name
+            for k in (
+                "all_to_all",
+                "alltoall",
+                "all_reduce",
+                "allreduce",
+                "all_gather",
+                "allgather",
+                "c10d::",
+                "wait_tensor",
+                "gloo",
+            )
+        ):
+            comm.append((start, end))
+    ranges.sort()
+    top = []
+    last_end = -1
+    for s, e, ph in ranges:
+        if s >= last_end:
+            top.append((s, e, ph))
+            last_end = e
+    totals: dict[str, float] = defaultdict(float)
+    comm_in: dict[str, float] = defaultdict(float)
+    for s, e, ph in top:
+        totals[ph] += (e - s) / 1000.0
+    comm.sort()
+    # Outermost comm ranges only, attributed to the top-level phase containing them.
+    last_end = -1
+    for s, e in comm:
+        if s < last_end:
+            continue
+        last_end = e
+        for ts, te, ph in top:
+            if ts <= s and e <= te:
+                comm_in[ph] += (e - s) / 1000.0
+                break
+    out = {ph: round(totals.get(ph, 0.0) / steps, 2) for ph, _ in PHASES}
+    out["other"] = round(step_wall_ms - sum(out.values()), 2)
+    out["step_wall"] = round(step_wall_ms, 2)
+    out["comm_inside"] = {ph: round(v / steps, 2) for ph, v in comm_in.items()}
+    return out
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (gloo's included)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def keep_freed_memory() -> None:
+    """glibc malloc: no mmap for large blocks and no trimming, so the per-step temporaries
+    (activations, gradients, gloo buffers) reuse already-mapped heap pages instead of being
+    mmapped, page-faulted in and munmapped every step. The same as MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=<large>; what pipeline.train would call on CPU (proposed patch)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_top_pad, 256 << 20)
+
+
+# --------------------------------------------------------------------------- worker
+def worker(args: argparse.Namespace) -> int:
+    """Runs under torchrun: the real Trainer, instrumented, no checkpoint save."""
+    import pipeline.train as train_mod
+    import torch
+    from pipeline.cli_common import load_job_config
+    from pipeline.distributed import init_distributed, shutdown
+    from pipeline.logs import quiet_third_party
+    from torch.profiler import record_function
+
+    if args.mallopt:
+        keep_freed_memory()
+    quiet_third_party()
+    overrides = list(args.set or []) + [f"train.max_steps={args.warmup + args.steps}", "checkpoint.every_n_steps=0"]
+    cfg = load_job_config(args.config, overrides)
+    info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+    torch.set_num_threads(args.threads)
+    stamps: list[float] = []
+    cpu_marks: list[float] = []
+    prof_holder: dict = {}
+    profile_from = args.warmup
+    profile_to = args.warmup + args.profile_steps
+
+    base = train_mod.TrainPipelineSparseDist
+
+    class TimedPipeline(base):  # type: ignore[misc, valid-type]
+        def progress(self, it):
+            out = super().progress(it)
+            stamps.append(time.perf_counter())
+            n = len(stamps)
+            if n == args.warmup or n == args.warmup + args.steps:
+                cpu_marks.append(cpu_seconds())
+            if args.profile and info.rank == 0:
+                if n == profile_from:
+                    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
+                    prof.__enter__()
+                    prof_holder["prof"], prof_holder["t0"] = prof, time.perf_counter()
+                elif n == profile_to and "prof" in prof_holder:
+                    prof_holder["t1"] = time.perf_counter()
+                    prof_holder["prof"].__exit__(None, None, None)
+            return out
+
+    train_mod.TrainPipelineSparseDist = TimedPipeline
+    if args.no_metrics:
+        train_mod.TrainMetrics.update = lambda self, *a, **k: None
+        train_mod.TrainMetrics.compute = lambda self: {}
+    else:
+        orig_update = train_mod.TrainMetrics.update
+
+        def update(self, *a, **k):
+            with record_function("## bench:metrics_update ##"):
+                return orig_update(self, *a, **k)
+
+        train_mod.TrainMetrics.update = update
+        orig_compute = train_mod.TrainMetrics.compute
+
+        def compute(self):
+            with record_function("## bench:log ##"):
+                return orig_compute(self)
+
+        train_mod.TrainMetrics.compute = compute
+    orig_add = train_mod.LossWindow.add
+
+    def add(self, outputs):
+        with record_function("## bench:loss_window ##"):
+            return orig_add(self, outputs)
+
+    train_mod.LossWindow.add = add
+    train_mod.Trainer.save = lambda self: None
+    try:
+        trainer = train_mod.Trainer(cfg, Path(args.run_dir), info)
+        trainer.run()
+        import torch.distributed as dist
+
+        mine = cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan")
+        every = [None] * info.world_size
+        dist.all_gather_object(every, mine)
+        if info.rank == 0:
+            w, n = args.warmup, args.steps
+            elapsed = stamps[w + n - 1] - stamps[w - 1]
+            gb = trainer.global_batch
+            result = {
+                "samples_per_s": n * gb / elapsed,
+                "elapsed_s": elapsed,
+                "steps": n,
+                "warmup": w,
+                "global_batch": gb,
+                "world_size": info.world_size,
+                "threads_per_rank": torch.get_num_threads(),
+            }
+            step_ms = sorted(1000 * (b - a) for a, b in zip(stamps[w - 1 : -1], stamps[w:]))
+            result["step_ms_median"] = step_ms[len(step_ms) // 2]
+            result["cpu_s_per_rank"] = every
+            result["cpu_ms_per_1k_samples"] = 1e6 * sum(every) / (n * gb)
+            log = Path(args.run_dir) / "train_log.jsonl"
+            recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            recs = [r for r in recs if "samples_per_s" in r]
+            result["trainer_log_samples_per_s"] = [r["samples_per_s"] for r in recs if r["step"] > w]
+            if "prof" in prof_holder:
+                prof = prof_holder["prof"]
+                wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
+                result["breakdown_ms_per_step"] = breakdown(prof.events(), args.profile_steps, wall)
+                result["profile_steps"] = args.profile_steps
+                result["profile_top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+                prof.export_chrome_trace(str(Path(args.run_dir) / "trace_rank0.json"))
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    finally:
+        shutdown()
+    return 0
+
+
+# --------------------------------------------------------------------------- driver
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = f"{REPO}{os.pathsep}{e.get('PYTHONPATH', '')}"
+    e["OMP_NUM_THREADS"] = "1"
+    e["PYTHONWARNINGS"] = "ignore"
+    return e
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_fusionrec(
+    name: str,
+    cfg_path: str,
+    sets: list[str],
+    warmup: int,
+    steps: int,
+    nproc: int,
+    profile_steps: int = 0,
+    no_metrics: bool = False,
+    tag: str = "",
+    mallopt: bool = False,
+) -> dict:
+    run_dir = REPO / "runs" / f"bench_{name}_fusionrec{tag}"
+    if run_dir.exists():
+        for p in run_dir.glob("*.jsonl"):
+            p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "result.json"
+    if out.exists():
+        out.unlink()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--config",
+        cfg_path,
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--warmup",
+        str(warmup),
+        "--steps",
+        str(steps),
+        "--threads",
+        "1",
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    if profile_steps:
+        cmd += ["--profile", "--profile-steps", str(profile_steps)]
+    if no_metrics:
+        cmd += ["--no-metrics"]
+    if mallopt:
+        cmd += ["--mallopt"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"fusionrec run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(out.read_text())
+
+
+def run_baseline(name: str, cfg_path: str, sets: list[str], batch: int, warmup: int, steps: int, threads: int) -> dict:
+    out = REPO / "runs" / f"bench_{name}_baseline_{threads}t.json"
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "baseline_trainer.py"),
+        "--config",
+        cfg_path,
+        "--batch-size",
+        str(batch),
+        "--warmup",
+        str(warmup),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+        "--json",
+        str(out),
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    e = env()
+    e["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"baseline failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(out.read_text())
+
+
+def ensure_data(name: str, cfg_path: str) -> str:
+    out = REPO / "data" / f"bench_{name}"
+    if not (out / "train").exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "datasets.synthetic",
+                "--config",
+                cfg_path,
+                "--out",
+                str(out),
+                "--rows",
+                str(SYNTH_ROWS[name]),
+            ],
+            cwd=REPO,
+            env=env(),
+            check=True,
+        )
+    return str(out / "train")
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+        "runs": [round(v, 1) for v in values],
+    }
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores (shared), Linux {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def driver(args: argparse.Namespace) -> int:
+    results = {"date": DATE, "machine": machine(), "command": "python " + " ".join(sys.argv), "configs": {}}
+    names = args.configs.split(",")
+    for name in names:
+        cfg_path = CONFIGS[name]
+        from pipeline.config import load_config
+
+        train = ensure_data(name, cfg_path)
+        sets = [f"data.train={train}"]
+        cfg = load_config(cfg_path, sets)
+        per_rank = cfg.data.batch_size
+        gb = per_rank * args.nproc
+        warmup, steps = (args.warmup, args.steps) if name == "demo" else (args.warmup_large, args.steps_large)
+        fus, base, base1, ratios, ratios1, step_ms = [], [], [], [], [], defaultdict(list)
+        cpu_k = defaultdict(list)
+        for r in range(args.repeats):
+            order = ["fusionrec", "baseline", "baseline_1thread"]
+            order = order[r % 3 :] + order[: r % 3]  # rotate: each arm goes first once per 3 rounds
+            got = {}
+            for who in order:
+                t = time.time()
+                if who == "fusionrec":
+                    got[who] = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc)
+                elif who == "baseline":
+                    got[who] = run_baseline(name, cfg_path, sets, gb, warmup, steps, args.nproc)
+                else:
+                    got[who] = run_baseline(name, cfg_path, sets, gb, warmup, steps, 1)
+                step_ms[who].append(round(got[who]["step_ms_median"], 1))
+                cpu_k[who].append(round(got[who].get("cpu_ms_per_1k_samples", float("nan")), 1))
+                print(
+                    f"[{name} round {r}] {who}: {got[who]['samples_per_s']:.0f} samples/s ({time.time() - t:.0f}s)",
+                    flush=True,
+                )
+            fus.append(got["fusionrec"]["samples_per_s"])
+            base.append(got["baseline"]["samples_per_s"])
+            base1.append(got["baseline_1thread"]["samples_per_s"])
+            ratios.append(fus[-1] / base[-1])
+            ratios1.append(fus[-1] / base1[-1])
+        entry = {
+            "config": cfg_path,
+            "world_size": args.nproc,
+            "batch_per_rank": per_rank,
+            "global_batch": gb,
+            "fusionrec_samples_per_s": round(statistics.median(fus), 1),
+            "baseline_samples_per_s": round(statistics.median(base), 1),
+            "ratio": round(statistics.median(ratios), 3),
+            "fusionrec_runs": spread(fus),
+            "baseline_runs": spread(base),
+            "ratio_runs": [round(x, 3) for x in ratios],
+            "baseline_1thread_samples_per_s": round(statistics.median(base1), 1),
+            "baseline_1thread_runs": spread(base1),
+            "ratio_vs_baseline_1thread": round(statistics.median(ratios1), 3),
+            "ratio_vs_baseline_1thread_runs": [round(x, 3) for x in ratios1],
+            "median_step_ms_runs": dict(step_ms),
+            "cpu_ms_per_1k_samples_runs": dict(cpu_k),
+            "cpu_ms_per_1k_samples_median": {k: round(statistics.median(v), 1) for k, v in cpu_k.items()},
+            "warmup_steps": warmup,
+            "timed_steps": steps,
+            "threads": {"fusionrec_per_rank": 1, "baseline": args.nproc},
+        }
+        if args.profile_steps:
+            psteps = args.profile_steps if name == "demo" else max(3, args.profile_steps // 4)
+            prof = run_fusionrec(
+                name, cfg_path, sets, warmup, psteps + 2, args.nproc, profile_steps=psteps, tag="_profile"
+            )
+            entry["fusionrec_breakdown_ms_per_step"] = prof["breakdown_ms_per_step"]
+            entry["profiled_steps"] = psteps
+            (REPO / "runs" / f"bench_{name}_profile_top_ops.txt").write_text(prof["profile_top_ops"])
+        if args.no_metrics_check:
+            nm = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc, no_metrics=True, tag="_nometrics")
+            entry["fusionrec_without_torchrec_metrics_samples_per_s"] = round(nm["samples_per_s"], 1)
+            entry["fusionrec_without_torchrec_metrics_step_ms_median"] = round(nm["step_ms_median"], 1)
+        results["configs"][name] = entry
+        print(json.dumps(entry, indent=1), flush=True)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")  # after each config
+        if args.md:
+            Path(args.md).write_text(render_md(results, Path(args.notes).read_text() if args.notes else ""))
+    return 0
+
+
+def render_md(results: dict, notes: str = "") -> str:
+    """A markdown table of ``results`` (the --json document)."""
+    lines = [
+        "# Throughput: fusionrec vs a plain PyTorch trainer (CPU)",
+        "",
+        f"Date {results['date']}; machine: {results['machine']}.",
+        f"Command: `{results['command']}`.",
+        "",
+        (
+            "| config | world | global batch | fusionrec samples/s | baseline (2 threads) samples/s | ratio | "
+            "baseline (1 thread) samples/s | ratio vs 1 thread | CPU ms / 1k samples (fusionrec · baseline 2t · 1t) |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, e in results["configs"].items():
+        f, b, b1 = e["fusionrec_runs"], e["baseline_runs"], e["baseline_1thread_runs"]
+        cpu = e.get("cpu_ms_per_1k_samples_median", {})
+        cpu_s = " · ".join(str(cpu.get(k, "–")) for k in ("fusionrec", "baseline", "baseline_1thread"))
+        lines.append(
+            f"| {name} (`{e['config']}`) | {e['world_size']} | {e['global_batch']} | {f['median']} ({f['min']}–{f['max']}) "
+            f"| {b['median']} ({b['min']}–{b['max']}) | {e['ratio']} ({min(e['ratio_runs'])}–{max(e['ratio_runs'])}) "
+            f"| {b1['median']} ({b1['min']}–{b1['max']}) | {e['ratio_vs_baseline_1thread']} "
+            f"({min(e['ratio_vs_baseline_1thread_runs'])}–{max(e['ratio_vs_baseline_1thread_runs'])}) | {cpu_s} |"
+        )
+    lines += [
+        "",
+        "Medians over rounds, (min–max) in brackets; ratios are per round (same neighbours), then the median.",
+        "",
+    ]
+    for name, e in results["configs"].items():
+        bd = e.get("fusionrec_breakdown_ms_per_step")
+        if not bd:
+            continue
+        lines += [
+            f"## Step-time breakdown, {name} (rank 0, torch.profiler, {e['profiled_steps']} steps, ms/step)",
+            "",
+            "| phase | ms/step | of which waiting in collectives |",
+            "| --- | --- | --- |",
+        ]
+        comm = bd.get("comm_inside", {})
+        for ph, _ in PHASES:
+            lines.append(f"| {ph} | {bd[ph]} | {comm.get(ph, 0.0)} |")
+        lines += [
+            f"| other (Python glue, scheduler) | {bd['other']} | |",
+            f"| **step wall time** | **{bd['step_wall']}** | |",
+            "",
+        ]
+        if "fusionrec_without_torchrec_metrics_samples_per_s" in e:
+            off = e["fusionrec_without_torchrec_metrics_samples_per_s"]
+            off_ms = e["fusionrec_without_torchrec_metrics_step_ms_median"]
+            on_ms = statistics.median(e["median_step_ms_runs"]["fusionrec"])
+            line = (
+                f"fusionrec with torchrec.metrics updates switched off (one run): {off} samples/s "
+                f"(median step {off_ms} ms; with metrics, median step over rounds {on_ms} ms)."
+            )
+            lines += [line, ""]
+    if notes:
+        lines += [notes, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "throughput.json"))
+    p.add_argument("--md", help="also write a markdown summary here")
+    p.add_argument("--render", help="only render this --json document to --md (no runs)")
+    p.add_argument("--notes", help="a markdown file appended to --md (analysis)")
+    p.add_argument("--configs", default="demo,large")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--steps", type=int, default=100, help="timed steps (demo)")
+    p.add_argument("--steps-large", type=int, default=15, help="timed steps (large)")
+    p.add_argument("--warmup-large", type=int, default=5)
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--profile-steps", type=int, default=20)
+    p.add_argument("--no-metrics-check", action="store_true", help="one more fusionrec run with torchrec.metrics off")
+    # worker mode (under torchrun)
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--run-dir")
+    p.add_argument("--out")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--no-metrics", action="store_true")
+    p.add_argument("--mallopt", action="store_true", help="worker: call keep_freed_memory() first")
+    args = p.parse_args(argv)
+    if args.render:
+        notes = Path(args.notes).read_text() if args.notes else ""
+        Path(args.md).write_text(render_md(json.loads(Path(args.render).read_text()), notes))
+        return 0
+    return worker(args) if args.worker else driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
