@@ -55,9 +55,9 @@ Fixes made after profiling (the first version reached a ratio of about 0.35 on t
 data): truncation by a mask applied while each batch copies its ids (no separate pass),
 windows that end inside a row group so they convert without `combine_chunks` copies,
 ragged gathers by scatter + cumsum instead of `np.repeat`, prefix sums for per-batch
-counters, a read-ahead thread overlapping decode and conversion. What is left is numpy work proportional to the ids (range checks and truncation
-masks); going further needs Parquet column statistics to skip range checks or a compiled
-kernel.
+counters, a read-ahead thread overlapping decode and conversion. What is left is numpy work
+proportional to the ids (range checks and truncation masks); going further needs Parquet
+column statistics to skip range checks or a compiled kernel.
 """
 ROW_GROUP = 65_536
 ROWS_PER_FILE = 625_000

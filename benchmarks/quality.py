@@ -379,7 +379,11 @@ def census_table(agg: dict, runs: list[dict], suite: str) -> list[str]:
         cells = []
         for t in tasks:
             p = paired(runs, suite, setting, a, b, t)
-            cells.append("–" if p is None else f"{p['mean']:+.4f} ± {p['std']:.4f} ({p['wins']}/{p['n']}, t={tstat(p['mean'], p['std'], p['n'])})")
+            if p is None:
+                cells.append("–")
+            else:
+                t = tstat(p["mean"], p["std"], p["n"])
+                cells.append(f"{p['mean']:+.4f} ± {p['std']:.4f} ({p['wins']}/{p['n']}, t={t})")
         lines.append(f"| {LABELS[a]} − {LABELS[b]} | " + " | ".join(cells) + " |")
     lines.append("")
     return lines

@@ -413,7 +413,8 @@ def machine() -> str:
         pass
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores (shared), Linux {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{cpu}, {os.cpu_count()} cores (shared), Linux {platform.release()}, {versions}"
 
 
 def driver(args: argparse.Namespace) -> int:
