@@ -39,7 +39,16 @@ import torch
 from torch import nn
 
 from models.config import AdaTTConfig, level_dims
-from models.experts import ExpertBank, FusionModule, GateBank, combine, expert_names, task_summary, unit_names
+from models.experts import (
+    ExpertBank,
+    FusionModule,
+    GateBank,
+    combine,
+    expert_names,
+    run_gated_levels,
+    task_summary,
+    unit_names,
+)
 
 
 class AdaTTLevel(nn.Module):
@@ -140,11 +149,7 @@ class AdaTT(FusionModule):
         units = x
         if self.with_shared:
             units = torch.cat([x, task_summary(x, self.identical_rows).unsqueeze(1)], dim=1)
-        gates = []
-        for level in self.levels:
-            units, g = level(units)
-            gates.append(g)
-        return units, gates
+        return run_gated_levels(self.levels, units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]

@@ -15,7 +15,16 @@ import torch
 from torch import nn
 
 from models.config import CrossStitchConfig, MMoEConfig, PLEConfig, SharedBottomFusionConfig, level_dims
-from models.experts import ExpertBank, FusionModule, GateBank, combine, expert_names, task_summary, unit_names
+from models.experts import (
+    ExpertBank,
+    FusionModule,
+    GateBank,
+    combine,
+    expert_names,
+    run_gated_levels,
+    task_summary,
+    unit_names,
+)
 from models.layers import MLP
 
 
@@ -167,11 +176,7 @@ class PLE(FusionModule):
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         units = torch.cat([x, task_summary(x, self.identical_rows).unsqueeze(1)], dim=1)
-        gates = []
-        for level in self.levels:
-            units, g = level(units)
-            gates.append(g)
-        return units, gates
+        return run_gated_levels(self.levels, units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]

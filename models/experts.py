@@ -15,7 +15,7 @@ return [B, T, out_dim]; :class:`FusionModule` fixes that interface and the intro
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -141,6 +141,17 @@ def task_summary(x: torch.Tensor, identical_rows: bool) -> torch.Tensor:
     per-task inputs x [B, T, D] → [B, D]. When the bottom gives every task the same row
     (``identical_rows``), that row itself (equal to the mean, without the arithmetic)."""
     return x[:, 0] if identical_rows else x.mean(dim=1)
+
+
+def run_gated_levels(levels: Iterable[nn.Module], units: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Apply gated fusion levels in turn; each maps units [B, R, D] to (units', gates [B, R', N]).
+
+    Returns the last level's units and every level's gates."""
+    gates = []
+    for level in levels:
+        units, g = level(units)
+        gates.append(g)
+    return units, gates
 
 
 class FusionModule(nn.Module):
