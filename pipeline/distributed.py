@@ -68,6 +68,18 @@ def init_distributed(device_request: str = "auto", timeout_s: int = 600) -> Dist
     return DistInfo(rank, world_size, local_rank, local_world_size, device)
 
 
+def is_multi_rank() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce ``t`` in place across the default group (a no-op for one process); returns ``t``."""
+    if is_multi_rank():
+        dist.all_reduce(t, op=op)
+    return t
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -75,9 +75,8 @@ def evaluate(
     state = {"model": model.state_dict()}
     ckpt.load_checkpoint(checkpoint, state)
     model.load_state_dict(state["model"])
-    if predictions:
-        cfg.data.num_workers = 0  # row ids follow the files' order only with one reader
-    reader = reader_for(cfg, data, info, batch_size, train=False)
+    # Row ids follow the files' order only when one process reads.
+    reader = reader_for(cfg, data, info, batch_size, train=False, num_workers=0 if predictions else None)
     writer = None
     if predictions:
         writer = PredictionWriter(predictions_path(predictions, info), cfg.schema.task_names, reader.first_row)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.distributed import is_multi_rank
+
 
 def group_auc(groups: np.ndarray, predictions: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
     """(GAUC, number of groups that count) for [N] group ids, predictions and 0/1 labels."""
@@ -60,7 +62,7 @@ class GroupAUC:
 
     def compute(self) -> tuple[float, int]:
         columns = [np.concatenate(c) if self.parts else np.zeros(0) for c in zip(*self.parts)] or [np.zeros(0)] * 3
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if is_multi_rank():
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, columns)
             columns = [np.concatenate([part[i] for part in gathered]) for i in range(3)]

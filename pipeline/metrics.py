@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
+
+from pipeline.distributed import all_reduce
 
 EPS = 1e-7
 
@@ -59,9 +60,8 @@ class TaskMetrics:
 
     def all_reduce(self) -> None:
         """Sum the statistics of every rank (no-op without a process group)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for t in (self.hist, self.sums, self.count):
-                dist.all_reduce(t)
+        for t in (self.hist, self.sums, self.count):
+            all_reduce(t)
 
     def compute(self) -> dict[str, float | int]:
         weight, sum_y, sum_p, sum_logloss, sum_sq, sum_abs = self.sums.tolist()
@@ -148,9 +148,8 @@ class BootstrapMetrics:
         self.count += (w > 0).sum(dim=1)
 
     def all_reduce(self) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for t in (self.hist, self.sums, self.count):
-                dist.all_reduce(t)
+        for t in (self.hist, self.sums, self.count):
+            all_reduce(t)
 
     def compute(self, level: float = 0.95) -> dict[str, list[float]]:
         values: dict[str, list[float]] = {}

@@ -14,6 +14,7 @@ from torch import nn
 
 from datasets.batch import Batch
 from datasets.schema import Schema
+from pipeline.distributed import all_reduce
 from pipeline.grouped import GroupAUC
 from pipeline.metrics import BootstrapMetrics, TaskMetrics
 
@@ -28,12 +29,6 @@ def task_weights(schema: Schema, labels: torch.Tensor, weights: torch.Tensor) ->
             w = w * (labels[:, names.index(task.space)] > 0.5).to(w.dtype)
         columns.append(w)
     return torch.stack(columns, dim=1)
-
-
-def _all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op)
-    return t
 
 
 @dataclass
@@ -82,10 +77,10 @@ class _FusionAverage:
     def compute(self, device: torch.device) -> Optional[list[dict]]:
         if self.labels is None or self.sums is None:
             return None
-        rows = float(_all_reduce(torch.tensor([self.rows], dtype=torch.float64, device=device)).item())
+        rows = float(all_reduce(torch.tensor([self.rows], dtype=torch.float64, device=device)).item())
         out = []
         for (row_names, col_names), total in zip(self.labels, self.sums):
-            mean = _all_reduce(total.to(device)).cpu() / max(rows, 1.0)
+            mean = all_reduce(total.to(device)).cpu() / max(rows, 1.0)
             out.append({"rows": row_names, "columns": col_names, "matrix": mean.tolist(), "kind": self.kind})
         return out
 
@@ -113,7 +108,7 @@ def score(
     """
     options = options or ScoreOptions()
     rank = dist.get_rank() if dist.is_initialized() else 0
-    steps = int(_all_reduce(torch.tensor([num_batches], device=device), dist.ReduceOp.MAX).item())
+    steps = int(all_reduce(torch.tensor([num_batches], device=device), dist.ReduceOp.MAX).item())
     if num_batches == 0 and steps > 0:
         raise ValueError("this rank got no eval rows while others did: the eval set has fewer rows than ranks")
     metrics = {t.name: TaskMetrics(t.type) for t in schema.tasks}
@@ -150,7 +145,7 @@ def score(
     model.train(was_training)
     for m in [*metrics.values(), *boot.values()]:
         m.all_reduce()
-    total_rows = int(_all_reduce(torch.tensor([rows], device=device)).item())
+    total_rows = int(all_reduce(torch.tensor([rows], device=device)).item())
     tasks = {name: m.compute() for name, m in metrics.items()}
     for name, b in boot.items():
         tasks[name]["ci"] = b.compute()

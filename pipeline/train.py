@@ -35,7 +35,7 @@ from models.losses import MultiTaskLoss
 from pipeline import checkpoint as ckpt
 from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
 from pipeline.config import EarlyStoppingConfig, ExperimentConfig, OptimizerConfig
-from pipeline.distributed import DistInfo, init_distributed, shutdown
+from pipeline.distributed import DistInfo, all_reduce, init_distributed, is_multi_rank, shutdown
 from pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
 from pipeline.optimizers import build_optimizer, fuse_sparse_optimizer
 from pipeline.scoring import score
@@ -113,8 +113,11 @@ def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, ep
             yield batch
 
 
-def reader_for(cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int, train: bool) -> ParquetReader:
-    """The reader of this rank: shuffled and with full batches only for training."""
+def reader_for(
+    cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int, train: bool, num_workers: int | None = None
+) -> ParquetReader:
+    """The reader of this rank: shuffled and with full batches only for training;
+    ``num_workers`` overrides ``data.num_workers``."""
     data = cfg.data
     return ParquetReader(
         resolve_paths(spec),
@@ -126,7 +129,7 @@ def reader_for(cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int
         seed=data.seed,
         shuffle=data.shuffle and train,
         shuffle_buffer_rows=data.shuffle_buffer_rows if train else 0,
-        num_workers=data.num_workers,
+        num_workers=data.num_workers if num_workers is None else num_workers,
     )
 
 
@@ -134,9 +137,7 @@ def data_stats(reader: ParquetReader) -> dict[str, int]:
     """The reader's bad-value and drop counters, summed over all ranks (collective)."""
     stats = reader.data_stats()
     keys = sorted(stats)
-    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
+    values = all_reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
     return {k: int(v) for k, v in zip(keys, values.tolist())}
 
 
@@ -172,9 +173,8 @@ class LossWindow:
         self.steps += 1
 
     def flush(self) -> dict:
-        sums = self.sums.clone()
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(sums)
+        sums = all_reduce(self.sums.clone())
+        if is_multi_rank():
             sums /= dist.get_world_size()
         means = (sums / max(self.steps, 1)).tolist()
         self.sums.zero_()
