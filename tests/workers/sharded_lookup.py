@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from pipeline.distributed import init_distributed
+from pipeline.distributed import init_distributed, shutdown
 from pipeline.logs import quiet_third_party
 from sharding.config import ShardingConfig, TableConstraint
 from sharding.planner import describe_plan, plan_and_shard
@@ -94,6 +94,9 @@ def main(out: Path) -> None:
         diffs[f"seq_{t}"] = (sequences[f"s_{t}"].values() - ref_sequences[f"s_{t}"].values()).abs().max().item()
     result = {"diffs": diffs, "plan": describe_plan(plan)}
     (out / f"rank{info.rank}.json").write_text(json.dumps(result))
+    # Exiting with the gloo group alive can abort in its threads' teardown
+    # ("terminate called without an active exception"): close it first, as the entry points do.
+    shutdown()
 
 
 if __name__ == "__main__":
