@@ -37,14 +37,14 @@ $(STAMP): requirements/$(DEVICE).txt requirements/runtime.txt requirements/torch
 
 $(DEMO_DATA)/.done: $(STAMP) $(DEMO_CONFIG)
 	rm -rf $(DEMO_DATA)
-	$(BIN)/python -m datasets.synthetic --config $(DEMO_CONFIG) --out $(DEMO_DATA) --rows $(DEMO_ROWS)
+	$(BIN)/python -m fusionrec.datasets.synthetic --config $(DEMO_CONFIG) --out $(DEMO_DATA) --rows $(DEMO_ROWS)
 	touch $@
 
 demo: $(DEMO_DATA)/.done
 	rm -rf $(DEMO_RUN)
-	$(BIN)/torchrun --nproc_per_node $(NPROC) --standalone -m pipeline.train --config $(DEMO_CONFIG) \
+	$(BIN)/torchrun --nproc_per_node $(NPROC) --standalone -m fusionrec.pipeline.train --config $(DEMO_CONFIG) \
 		--train-data $(DEMO_DATA)/train --eval-data $(DEMO_DATA)/eval --run-dir $(DEMO_RUN)
-	$(BIN)/python -m pipeline.evaluate --config $(DEMO_CONFIG) --checkpoint $(DEMO_RUN) \
+	$(BIN)/python -m fusionrec.pipeline.evaluate --config $(DEMO_CONFIG) --checkpoint $(DEMO_RUN) \
 		--data '$(DEMO_DATA)/eval/*.parquet' --out $(DEMO_RUN)/eval.json
 
 test: setup

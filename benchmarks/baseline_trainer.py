@@ -38,11 +38,11 @@ if str(REPO) not in sys.path:
 
 import torch
 import torch.nn.functional as F
-from datasets.batch import Batch
-from datasets.reader import ParquetReader, resolve_paths
-from datasets.schema import Schema
-from models import build_model
-from pipeline.config import ExperimentConfig, load_config
+from fusionrec.datasets.batch import Batch
+from fusionrec.datasets.reader import ParquetReader, resolve_paths
+from fusionrec.datasets.schema import Schema
+from fusionrec.models import build_model
+from fusionrec.pipeline.config import ExperimentConfig, load_config
 from torch import nn
 
 

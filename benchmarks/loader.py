@@ -23,10 +23,8 @@ Not a test: it takes minutes and several GB of disk for 10M rows.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.runinfo import machine, today  # noqa: E402
 
 CONFIG = REPO / "configs" / "demo.yaml"
 ANALYSIS = """\
@@ -65,7 +65,7 @@ EVAL_FRACTION = 0.01
 
 
 def _schema():
-    from datasets.synthetic import load_config
+    from fusionrec.datasets.synthetic import load_config
 
     return load_config(CONFIG)
 
@@ -76,8 +76,8 @@ def _label(rows: int) -> str:
 
 def ensure_data(data_dir: Path, rows: int) -> Path:
     """Train logs of exactly ``rows`` rows (generated once, reused while the recipe matches)."""
-    from datasets.config import SyntheticConfig
-    from datasets.synthetic import generate
+    from fusionrec.datasets.config import SyntheticConfig
+    from fusionrec.datasets.synthetic import generate
 
     folder = data_dir / f"rows_{_label(rows)}"
     recipe = {"config": "configs/demo.yaml", "rows": rows, "row_group": ROW_GROUP, "rows_per_file": ROWS_PER_FILE}
@@ -117,7 +117,7 @@ def measure(mode: str, train: Path, batch_size: int) -> dict:
     """Run in a fresh process: read everything once, return rows, seconds and peak RSS."""
     import pyarrow.parquet as pq
 
-    from datasets.reader import ParquetReader, resolve_paths
+    from fusionrec.datasets.reader import ParquetReader, resolve_paths
 
     schema, _ = _schema()
     files = resolve_paths(str(train))
@@ -153,19 +153,6 @@ def run_child(mode: str, train: Path, batch_size: int) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()}-core CPU ({model or platform.processor()}), {mem_gb:.0f} GB RAM, {platform.system()}"
 
 
 def markdown(result: dict) -> str:
@@ -262,7 +249,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "sizes": per_size,
         "machine": machine(),
-        "date": datetime.date.today().isoformat(),
+        "date": today(),
         "command": "python benchmarks/loader.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs": runs,
     }

@@ -14,7 +14,7 @@ run dir is deleted. ``report`` aggregates runs.jsonl into ``benchmarks/results/q
 
 Suites:
 
-* ``census6`` / ``census9``: configs/census.yaml (data/census from ``python -m datasets.census``),
+* ``census6`` / ``census9``: configs/census.yaml (data/census from ``python -m fusionrec.datasets.census``),
   the AdaTT paper's Table 5 settings: 3 tasks, 2 fusion levels, 6 experts per level of dims
   [128, 64] (``census6``) or 9 of dims [96, 48] (``census9``), towers [32].
 * ``synthetic``: configs/demo.yaml's schema, data from ``datasets.synthetic`` at
@@ -130,7 +130,7 @@ def census_data() -> dict:
     root = ROOT / "data" / "census"
     if not (root / "test").is_dir():
         src = ROOT.parent / "shared" / "data" / "census-income-kdd" / "census-income.test.gz"
-        subprocess.run([sys.executable, "-m", "datasets.census", "--src", str(src), "--out", str(root)],
+        subprocess.run([sys.executable, "-m", "fusionrec.datasets.census", "--src", str(src), "--out", str(root)],
                        cwd=ROOT, check=True)
     return {"train": str(root / "train"), "valid": str(root / "valid"), "test": str(root / "test")}
 
@@ -141,7 +141,7 @@ def synthetic_data(rho: float) -> dict:
     root = ROOT / "data" / f"quality_synth_rho{rho}"
     if not (root / "eval").is_dir():
         subprocess.run(
-            [sys.executable, "-m", "datasets.synthetic", "--config", "configs/demo.yaml", "--out", str(root),
+            [sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", "configs/demo.yaml", "--out", str(root),
              "--rows", str(SYNTH_ROWS), "--set", f"synthetic.task_correlation={rho}", "--set", "synthetic.seed=0"],
             cwd=ROOT, check=True,
         )
@@ -176,16 +176,16 @@ def read_evals(run_dir: Path) -> list[dict]:
 
 
 def _steps_per_epoch(cfg) -> int:
-    from datasets.reader import ParquetReader, resolve_paths
+    from fusionrec.datasets.reader import ParquetReader, resolve_paths
 
     return ParquetReader(resolve_paths(cfg.data.train), cfg.schema, cfg.data.batch_size).num_batches
 
 
 def train_and_test(suite: str, setting: str, model: str, seed: int, data: dict, extra: list[str], info) -> dict:
-    from pipeline.config import load_config
-    from pipeline.evaluate import evaluate
-    from pipeline.scoring import ScoreOptions
-    from pipeline.train import train
+    from fusionrec.pipeline.config import load_config
+    from fusionrec.pipeline.evaluate import evaluate
+    from fusionrec.pipeline.scoring import ScoreOptions
+    from fusionrec.pipeline.train import train
 
     spec = SUITES[suite]
     overrides = [
@@ -269,8 +269,8 @@ def sweep_items(suite: str, models: list[str], seeds: list[int], settings: list[
 def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
-    from pipeline.distributed import init_distributed, shutdown
-    from pipeline.logs import quiet_third_party
+    from fusionrec.pipeline.distributed import init_distributed, shutdown
+    from fusionrec.pipeline.logs import quiet_third_party
 
     quiet_third_party()
     if args.threads:

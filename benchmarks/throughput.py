@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DATE = "2026-11-22"
+from benchmarks.runinfo import run_info  # noqa: E402
 CONFIGS = {"demo": "configs/demo.yaml", "large": "configs/bench_large.yaml"}
 SYNTH_ROWS = {"demo": 200_000, "large": 250_000}
 
@@ -139,29 +138,14 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def keep_freed_memory() -> None:
-    """glibc malloc: no mmap for large blocks and no trimming, so the per-step temporaries
-    (activations, gradients, gloo buffers) reuse already-mapped heap pages instead of being
-    mmapped, page-faulted in and munmapped every step. The same as MALLOC_MMAP_MAX_=0
-    MALLOC_TRIM_THRESHOLD_=<large>; what pipeline.train would call on CPU (proposed patch)."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_top_pad, 256 << 20)
-
-
 # --------------------------------------------------------------------------- worker
 def worker(args: argparse.Namespace) -> int:
     """Runs under torchrun: the real Trainer, instrumented, no checkpoint save."""
-    import pipeline.train as train_mod
+    import fusionrec.pipeline.train as train_mod
     import torch
-    from pipeline.cli_common import load_job_config
-    from pipeline.distributed import init_distributed, shutdown
-    from pipeline.logs import quiet_third_party
+    from fusionrec.pipeline.distributed import shutdown
+    from fusionrec.pipeline.job import keep_freed_memory, load_job_config, start_process_group
+    from fusionrec.pipeline.logs import quiet_third_party
     from torch.profiler import record_function
 
     if args.mallopt:
@@ -169,7 +153,7 @@ def worker(args: argparse.Namespace) -> int:
     quiet_third_party()
     overrides = list(args.set or []) + [f"train.max_steps={args.warmup + args.steps}", "checkpoint.every_n_steps=0"]
     cfg = load_job_config(args.config, overrides)
-    info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+    info = start_process_group(cfg)
     torch.set_num_threads(args.threads)
     stamps: list[float] = []
     cpu_marks: list[float] = []
@@ -378,7 +362,7 @@ def ensure_data(name: str, cfg_path: str) -> str:
             [
                 sys.executable,
                 "-m",
-                "datasets.synthetic",
+                "fusionrec.datasets.synthetic",
                 "--config",
                 cfg_path,
                 "--out",
@@ -402,27 +386,12 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
-    return f"{cpu}, {os.cpu_count()} cores (shared), Linux {platform.release()}, {versions}"
-
-
 def driver(args: argparse.Namespace) -> int:
-    results = {"date": DATE, "machine": machine(), "command": "python " + " ".join(sys.argv), "configs": {}}
+    results = {**run_info(), "configs": {}}
     names = args.configs.split(",")
     for name in names:
         cfg_path = CONFIGS[name]
-        from pipeline.config import load_config
+        from fusionrec.pipeline.config import load_config
 
         train = ensure_data(name, cfg_path)
         sets = [f"data.train={train}"]
@@ -583,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-metrics", action="store_true")
-    p.add_argument("--mallopt", action="store_true", help="worker: call keep_freed_memory() first")
+    p.add_argument("--mallopt", action="store_true", help="worker: call job.keep_freed_memory() first (the real trainer does)")
     args = p.parse_args(argv)
     if args.render:
         notes = Path(args.notes).read_text() if args.notes else ""

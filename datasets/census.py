@@ -1,6 +1,6 @@
 """UCI Census-Income (KDD) → Parquet logs with the three tasks of the AdaTT paper.
 
-    python -m datasets.census --src ../shared/data/census-income-kdd/census-income.test.gz --out data/census
+    python -m fusionrec.datasets.census --src ../shared/data/census-income-kdd/census-income.test.gz --out data/census
 
 reads the comma-separated file (42 columns, no header, values padded with a space, ``?`` for
 unknown; gzip or plain) and writes
@@ -265,14 +265,14 @@ def convert(
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     (out / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
     (out / "features.yaml").write_text(
-        "# written by python -m datasets.census; paste into an experiment YAML\n"
+        "# written by python -m fusionrec.datasets.census; paste into an experiment YAML\n"
         + yaml.safe_dump(features_config(stats, dim), sort_keys=False, default_flow_style=None, width=110)
     )
     return stats
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.census", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusionrec.datasets.census", description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, help="census-income.test.gz (or .data.gz, or unzipped)")
     parser.add_argument("--out", required=True, help="output folder: train/, valid/, test/, stats.json, ...")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")

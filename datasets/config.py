@@ -1,5 +1,5 @@
 """Data-side sections of the experiment YAML: ``data:`` (where and how to read) and
-``synthetic:`` (how ``python -m datasets.synthetic`` makes logs for this schema)."""
+``synthetic:`` (how ``python -m fusionrec.datasets.synthetic`` makes logs for this schema)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Shape of the synthetic logs written by ``python -m datasets.synthetic``."""
+    """Shape of the synthetic logs written by ``python -m fusionrec.datasets.synthetic``."""
 
     seed: int = 0
     train_files: int = 4

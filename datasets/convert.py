@@ -53,9 +53,17 @@ import pyarrow.compute as pc
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from datasets.batch import Batch
-from datasets.hashing import hash_strings
-from datasets.schema import DenseNormalization, Schema, SequenceFeature, SparseFeature
+from fusionrec.datasets.batch import Batch
+from fusionrec.errors import DataError
+from fusionrec.datasets.hashing import hash_strings
+from fusionrec.datasets.schema import (
+    DenseNormalization,
+    Schema,
+    SequenceFeature,
+    SparseFeature,
+    space_gates,
+    task_space_mask,
+)
 
 __all__ = ["Block", "BlockConverter", "COUNTERS", "DataError"]
 
@@ -79,8 +87,6 @@ COUNTERS = (
 )
 
 
-class DataError(ValueError):
-    """A problem with the input files; the message names the file (and column)."""
 
 
 # ----------------------------------------------------------------------------- column types
@@ -320,8 +326,8 @@ class BlockConverter:
         self.sequence_keys = [s.name for s in self.sequence_features]
         self.weighted = f.weighted_pooling
         self.num_embeddings = {t.name: t.num_embeddings for t in f.tables}
-        names = schema.task_names
-        self.gates = {t.name: names.index(t.space) for t in schema.tasks if t.space is not None}
+        gate, gated = space_gates(schema.tasks)
+        self.space_gate, self.space_gated = np.asarray(gate), np.asarray(gated)
         self.binary = [t.type == "binary" for t in schema.tasks]
 
     # -- whole block ------------------------------------------------------------------
@@ -351,11 +357,10 @@ class BlockConverter:
                 if out.any():
                     np.clip(labels[:, t], 0.0, 1.0, out=labels[:, t])
                     count(f"label_out_of_range_clipped/{task.name}", out)
-        for t, task in enumerate(self.schema.tasks):  # gates are filled by now
+        in_space = task_space_mask(labels, self.space_gate, self.space_gated)  # a null outside its space is no loss
+        for t, task in enumerate(self.schema.tasks):
             if nulls[t] is not None:
-                bad = nulls[t]
-                if task.name in self.gates:
-                    bad = bad & (labels[:, self.gates[task.name]] > 0.5)
+                bad = nulls[t] & in_space[:, t]
                 if bad.any():
                     count(f"null_label_filled/{task.name}", bad)
         weights = self._sample_weights(table, n, count)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from datasets.convert import DataError
+from fusionrec.errors import DataError
 
 __all__ = ["open_parquet", "resolve_paths"]
 

@@ -63,8 +63,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from datasets.batch import Batch
-from datasets.convert import (
+from fusionrec.datasets.batch import Batch
+from fusionrec.datasets.convert import (
     COUNTERS,
     Block,
     BlockConverter,
@@ -74,8 +74,8 @@ from datasets.convert import (
     is_list_type,
     is_number_type,
 )
-from datasets.paths import _list_fs, _uri_prefix, open_parquet, resolve_paths  # noqa: F401  (re-exported)
-from datasets.schema import Schema
+from fusionrec.datasets.paths import _list_fs, _uri_prefix, open_parquet, resolve_paths  # noqa: F401  (re-exported)
+from fusionrec.datasets.schema import Schema
 
 __all__ = [
     "DataError",

@@ -16,7 +16,7 @@ Embedding lookups are split in two groups, by table:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 
 @dataclass
@@ -88,7 +88,7 @@ class DenseNormalization:
     """How the reader normalises one dense column: ``x → sign(x)·log1p(|x|)`` first when
     ``log``, then ``(x - mean) / std``, then clipped to ``[-clip, clip]`` when ``clip`` is set.
     ``mean`` and ``std`` are statistics of the (log-transformed) training values, e.g. the
-    ones ``python -m datasets.census`` writes into its ``stats.json``."""
+    ones ``python -m fusionrec.datasets.census`` writes into its ``stats.json``."""
 
     mean: float = 0.0
     std: float = 1.0
@@ -219,3 +219,24 @@ class Schema:
         cols += [f.weight_column] if f.weight_column else []
         cols += [s.weight_column for s in f.sparse if s.weight_column]
         return cols + ([f.group_column] if f.group_column else [])
+
+
+def space_gates(tasks: Sequence[TaskConfig]) -> tuple[list[int], list[bool]]:
+    """Per task, (the label column of the task that gates it — its own column when none does;
+    whether it is gated): with them as tensors or arrays, the arguments of :func:`task_space_mask`."""
+    names = [t.name for t in tasks]
+    gate = [names.index(t.space) if t.space is not None else i for i, t in enumerate(tasks)]
+    return gate, [t.space is not None for t in tasks]
+
+
+SPACE_THRESHOLD = 0.5  # a gate label above this puts the row in the gated task's space
+
+
+def task_space_mask(labels, gate, gated):
+    """Where each task is trained and scored: the one definition of a task space.
+
+    labels [B, T] (a torch tensor or a NumPy array); ``gate``, ``gated`` [T] from
+    :func:`space_gates` (as tensors or arrays, on the labels' device) →
+    bool [B, T], True where task t has no space or the label of its gate task is 1.
+    """
+    return (labels[:, gate] > SPACE_THRESHOLD) | ~gated

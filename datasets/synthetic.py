@@ -1,6 +1,6 @@
 """Synthetic impression logs with learnable multi-task labels, for any feature schema.
 
-``python -m datasets.synthetic --config configs/demo.yaml --out data/demo --rows 50000``
+``python -m fusionrec.datasets.synthetic --config configs/demo.yaml --out data/demo --rows 50000``
 writes ``OUT/train/part-00000.parquet ...`` (``synthetic.train_files`` files) and
 ``OUT/eval/part-*.parquet`` (``synthetic.eval_files``), one row per impression, the
 columns exactly as ``Schema.columns`` declares them:
@@ -63,8 +63,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.config import SyntheticConfig
-from datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TaskConfig
+from fusionrec.datasets.config import SyntheticConfig
+from fusionrec.datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TaskConfig
 
 # ----------------------------------------------------------------------------- hashing
 
@@ -587,7 +587,7 @@ def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusionrec.datasets.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (features, tasks, synthetic)")
     parser.add_argument("--out", required=True, help="output folder; train/ and eval/ are written inside")
     parser.add_argument("--rows", required=True, type=int, help="total rows, train + eval")

@@ -1,8 +1,8 @@
 #!/bin/sh
 # fusionrec's container entrypoint (also used as is by docker/slurm/train.sbatch).
 #
-#   fusionrec-entrypoint -m pipeline.train --config ... --run-dir ...  -> torchrun [cluster options] -m pipeline.train ...
-#   fusionrec-entrypoint python -m sharding.plan ...                   -> runs the command as given
+#   fusionrec-entrypoint -m fusionrec.pipeline.train --config ... --run-dir ...  -> torchrun [cluster options] -m fusionrec.pipeline.train ...
+#   fusionrec-entrypoint python -m fusionrec.pipeline.plan ...                   -> runs the command as given
 #
 # Arguments that start with "-" go to torchrun after its own options; anything else is run as
 # a plain command. torchrun's options come from the usual cluster variables:
@@ -24,7 +24,7 @@ set -eu
 
 case "${1:-}" in
     -*) ;;
-    "") set -- -m pipeline.train --help ;;
+    "") set -- -m fusionrec.pipeline.train --help ;;
     *) exec "$@" ;;
 esac
 

@@ -9,6 +9,6 @@ from fusionrec.stack import check_stack
 
 check_stack()  # before anything imports torchrec or fbgemm_gpu
 
-from models.multitask import MultiTaskModel, build_model
+from fusionrec.models.multitask import MultiTaskModel, build_model
 
 __all__ = ["MultiTaskModel", "build_model"]

@@ -38,8 +38,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.config import AdaTTConfig, level_dims
-from models.experts import (
+from fusionrec.models.config import AdaTTConfig, level_dims
+from fusionrec.models.experts import (
     ExpertBank,
     FusionModule,
     GateBank,

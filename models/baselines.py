@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.config import CrossStitchConfig, MMoEConfig, PLEConfig, SharedBottomFusionConfig, level_dims
-from models.experts import (
+from fusionrec.models.config import CrossStitchConfig, MMoEConfig, PLEConfig, SharedBottomFusionConfig, level_dims
+from fusionrec.models.experts import (
     ExpertBank,
     FusionModule,
     GateBank,
@@ -25,7 +25,7 @@ from models.experts import (
     task_summary,
     unit_names,
 )
-from models.layers import MLP
+from fusionrec.models.layers import MLP
 
 
 def _level_inputs(in_dim: int, levels: list[list[int]]) -> list[int]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from datasets.schema import Schema
-from models.config import DTRNConfig, ModelConfig, SharedBottomConfig
-from models.dtrn import DTRN
+from fusionrec.datasets.schema import Schema
+from fusionrec.models.config import DTRNConfig, ModelConfig, SharedBottomConfig
+from fusionrec.models.dtrn import DTRN
 
 
 class SharedBottom(nn.Module):

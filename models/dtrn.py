@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import DTRNConfig
-from models.embeddings import sequence_mask
-from models.layers import GroupedMLP, activation_fn
-from models.transformer import ConditionalEncoderLayer, attention_bias
+from fusionrec.models.config import DTRNConfig
+from fusionrec.models.embeddings import sequence_mask
+from fusionrec.models.layers import GroupedMLP, activation_fn
+from fusionrec.models.transformer import ConditionalEncoderLayer, attention_bias
 
 # Scale of the hypernetwork's output layer at init: γ starts near 1 and β near 0, so an
 # untrained TIM behaves like a plain Transformer while every parameter still gets a gradient.

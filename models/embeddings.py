@@ -27,7 +27,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from datasets.schema import FeatureSchema, SparseFeature
+from fusionrec.datasets.schema import FeatureSchema, SparseFeature
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 

@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from models.layers import GroupedLinear, GroupedMLP
+from fusionrec.models.layers import GroupedLinear, GroupedMLP
 
 SHARED = "shared"  # name of the shared unit in introspection labels
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from models.adatt import AdaTT
-from models.baselines import PLE, CrossStitch, MMoE, SharedBottomFusion
-from models.config import (
+from fusionrec.models.adatt import AdaTT
+from fusionrec.models.baselines import PLE, CrossStitch, MMoE, SharedBottomFusion
+from fusionrec.models.config import (
     AdaTTConfig,
     CrossStitchConfig,
     FusionConfig,
@@ -12,7 +12,7 @@ from models.config import (
     PLEConfig,
     SharedBottomFusionConfig,
 )
-from models.experts import FusionModule
+from fusionrec.models.experts import FusionModule
 
 _FUSIONS = {
     AdaTTConfig: AdaTT,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.schema import TaskConfig
+from fusionrec.datasets.schema import TaskConfig, space_gates, task_space_mask
 
 _EPS = 1e-8
 
@@ -25,20 +25,16 @@ class MultiTaskLoss(nn.Module):
 
     def __init__(self, tasks: Sequence[TaskConfig]) -> None:
         super().__init__()
-        names = [t.name for t in tasks]
-        self.task_names = names
+        self.task_names = [t.name for t in tasks]
         self.register_buffer("is_binary", torch.tensor([t.type == "binary" for t in tasks]), persistent=False)
         self.register_buffer("task_weights", torch.tensor([float(t.weight) for t in tasks]), persistent=False)
-        self.register_buffer(
-            "has_space", torch.tensor([t.space is not None for t in tasks]), persistent=False
-        )
-        space_index = [names.index(t.space) if t.space is not None else i for i, t in enumerate(tasks)]
-        self.register_buffer("space_index", torch.tensor(space_index), persistent=False)
+        gate, gated = space_gates(tasks)
+        self.register_buffer("space_gate", torch.tensor(gate), persistent=False)
+        self.register_buffer("space_gated", torch.tensor(gated), persistent=False)
 
     def masks(self, labels: torch.Tensor) -> torch.Tensor:
         """labels [B, T] → [B, T] float, 1 where task t is trained on row b."""
-        in_space = labels[:, self.space_index] > 0.5
-        return torch.where(self.has_space, in_space, torch.ones_like(in_space)).to(labels.dtype)
+        return task_space_mask(labels, self.space_gate, self.space_gated).to(labels.dtype)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, T] → sigmoid for binary tasks, identity for regression tasks."""

@@ -17,17 +17,17 @@ ranks every rank must make the same calls.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-from datasets.batch import Batch
-from datasets.schema import Schema
-from models.bottoms import build_bottom
-from models.config import ModelConfig
-from models.embeddings import (
+from fusionrec.datasets.batch import Batch
+from fusionrec.datasets.schema import Schema
+from fusionrec.models.bottoms import build_bottom
+from fusionrec.models.config import ModelConfig
+from fusionrec.models.embeddings import (
     build_embedding_bag_collection,
     build_embedding_collection,
     feature_max_len,
@@ -35,11 +35,27 @@ from models.embeddings import (
     pool_jagged,
     weighted_mean,
 )
-from models.fusion import build_fusion
-from models.losses import MultiTaskLoss
-from models.towers import TaskTowers
+from fusionrec.models.fusion import build_fusion
+from fusionrec.models.losses import MultiTaskLoss
+from fusionrec.models.towers import TaskTowers
 
-ModelOutput = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+class StepOutput(NamedTuple):
+    """What one forward computed, for the train loop's logs and metrics and for scoring.
+
+    ``loss`` []: the weighted total (detached); ``task_losses`` [T]: each task's masked, weighted
+    mean loss (detached); ``logits``, ``predictions`` [B, T] (sigmoid for binary tasks, the value
+    for regression tasks); ``labels`` [B, T] and ``weights`` [B] as the batch carried them.
+    (A NamedTuple so that TorchRec's pipeline tracer accepts it as the model's output.)
+    """
+
+    loss: torch.Tensor
+    task_losses: torch.Tensor
+    logits: torch.Tensor
+    predictions: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor
+
+
 Labels = list[tuple[list[str], list[str]]]
 
 
@@ -113,14 +129,15 @@ class MultiTaskModel(nn.Module):
         """→ logits [B, T]."""
         return self.towers(self.fusion(self.task_inputs(batch)))
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        """→ ``(loss, (loss.detach(), logits [B, T], predictions [B, T], labels [B, T],
-        weights [B]))``; predictions are sigmoid(logit) for binary tasks and the logit for
-        regression tasks."""
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, StepOutput]:
+        """→ ``(loss [] with its graph, StepOutput)``: the pair TorchRec's train pipelines expect."""
         logits = self.logits(batch)
-        loss, _ = self.loss_fn(logits, batch.labels, batch.weights)
-        predictions = self.loss_fn.predictions(logits.detach())
-        return loss, (loss.detach(), logits.detach(), predictions, batch.labels, batch.weights)
+        loss, task_losses = self.loss_fn(logits, batch.labels, batch.weights)
+        logits = logits.detach()
+        out = StepOutput(
+            loss.detach(), task_losses.detach(), logits, self.loss_fn.predictions(logits), batch.labels, batch.weights
+        )
+        return loss, out
 
     # ------------------------------------------------------------------ introspection (eval)
 

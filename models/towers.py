@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.layers import GroupedMLP
+from fusionrec.models.layers import GroupedMLP
 
 
 class TaskTowers(nn.Module):

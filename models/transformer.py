@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import activation_fn
+from fusionrec.models.layers import activation_fn
 
 # Additive attention-mask value for padded keys. Finite, so softmax never sees a row of -inf;
 # callers also keep at least one key per row unmasked (see ``attention_bias``).

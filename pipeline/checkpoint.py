@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import yaml
+
+from fusionrec.errors import CheckpointMismatchError
+from fusionrec.pipeline.distributed import barrier, this_rank
 
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
@@ -41,13 +45,8 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return this_rank() == 0
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -79,13 +78,12 @@ def save_checkpoint(
     if _is_main():
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    _barrier()
+    barrier()
     dcp.save(state, checkpoint_id=str(tmp))
     if rank_state is not None:
-        rank = dist.get_rank() if dist.is_initialized() else 0
         (tmp / RANKS).mkdir(exist_ok=True)
-        torch.save(rank_state, tmp / RANKS / f"rank{rank}.pt")
-    _barrier()
+        torch.save(rank_state, tmp / RANKS / f"rank{this_rank()}.pt")
+    barrier()
     if _is_main():
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         _write_json(tmp / "plan.json", plan)
@@ -96,7 +94,7 @@ def save_checkpoint(
         _fsync_dir(root)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 
@@ -141,14 +139,29 @@ def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     dcp.load(state, checkpoint_id=str(path))
 
 
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's torch, NumPy and Python RNG states (and the CUDA one on a GPU)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def load_rank_state(path: str | Path, rank: int) -> dict[str, Any] | None:
     """The per-rank state saved by ``rank`` in checkpoint ``path``, or None if there is none."""
     file = Path(path) / RANKS / f"rank{rank}.pt"
     return torch.load(file, weights_only=False) if file.is_file() else None
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not hold what the configured model expects; names what differs."""
 
 
 def _describe_key(key: str) -> str:

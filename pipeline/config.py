@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from datasets.config import DataConfig, SyntheticConfig
-from datasets.schema import FeatureSchema, Schema, TaskConfig
+from fusionrec.datasets.config import DataConfig, SyntheticConfig
+from fusionrec.datasets.schema import FeatureSchema, Schema, TaskConfig
 from fusionrec.typedconfig import ConfigError, from_dict, load_yaml, to_dict
-from models.config import DTRNConfig, ModelConfig
-from sharding.config import ShardingConfig
+from fusionrec.models.config import DTRNConfig, ModelConfig
+from fusionrec.sharding.config import ShardingConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from pipeline.cli_common import UserError
+from fusionrec.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,39 @@ def is_multi_rank() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
-    """All-reduce ``t`` in place across the default group (a no-op for one process); returns ``t``."""
+def this_rank() -> int:
+    """This process's rank in the default group (0 outside one)."""
+    return dist.get_rank() if is_multi_rank() else 0
+
+
+def barrier() -> None:
+    """Wait for every rank of the default group (a no-op for one process)."""
     if is_multi_rank():
-        dist.all_reduce(t, op=op)
+        dist.barrier()
+
+
+def group_device() -> torch.device:
+    """The device a tensor must live on for a collective of the default group: the current
+    CUDA device under NCCL (which reduces only CUDA tensors), else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce ``t`` in place across the default group (a no-op for one process); returns ``t``.
+
+    Every collective of fusionrec's own goes through here: a tensor that is not on
+    :func:`group_device` (a host-side counter under NCCL) is staged there and copied back, so no
+    caller can hand NCCL a CPU tensor."""
+    if is_multi_rank():
+        device = group_device()
+        if t.device == device:
+            dist.all_reduce(t, op=op)
+        else:
+            staged = t.to(device)
+            dist.all_reduce(staged, op=op)
+            t.copy_(staged)
     return t
 
 

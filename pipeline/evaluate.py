@@ -1,6 +1,6 @@
 """Score a checkpoint on Parquet logs: per-task AUC, NE, log loss, calibration, count.
 
-    python -m pipeline.evaluate --config configs/demo.yaml \\
+    python -m fusionrec.pipeline.evaluate --config configs/demo.yaml \\
         --checkpoint runs/demo/checkpoints/step_00000400 --data 'data/demo/eval/*.parquet' \\
         --out runs/demo/eval.json
 
@@ -16,19 +16,19 @@ import json
 import sys
 from pathlib import Path
 
-from datasets.reader import make_loader
-from pipeline import checkpoint as ckpt
-from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
-from pipeline.config import ExperimentConfig
-from pipeline.distributed import DistInfo, init_distributed, shutdown
-from pipeline.logs import quiet_third_party, say
-from pipeline import report
-from pipeline.scoring import ScoreOptions, ScoreResult, score
-from pipeline.train import build_sharded_model, reader_for
+from fusionrec.datasets.reader import make_loader
+from fusionrec.errors import UserError, exit_on_user_error
+from fusionrec.pipeline import job, report
+from fusionrec.pipeline.cli_common import add_common_args
+from fusionrec.pipeline.config import ExperimentConfig
+from fusionrec.pipeline.distributed import DistInfo, shutdown
+from fusionrec.pipeline.logs import quiet_third_party, say
+from fusionrec.pipeline.predictions import PredictionWriter, predictions_path
+from fusionrec.pipeline.scoring import ScoreOptions, ScoreResult, score
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusionrec.pipeline.evaluate", description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint dir (RUN_DIR/checkpoints/step_N) or a run dir")
     parser.add_argument("--data", help="eval Parquet logs: directory, glob or file (default: data.eval)")
@@ -47,17 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint dir as given, or the newest complete checkpoint of a run dir."""
-    p = Path(path)
-    if (p / ckpt.META).is_file():
-        return p
-    latest = ckpt.latest_checkpoint(p)
-    if latest is None:
-        raise UserError(f"{path} is neither a complete checkpoint (no {ckpt.META}) nor a run dir holding one")
-    return latest
-
-
 def evaluate(
     cfg: ExperimentConfig,
     checkpoint: Path,
@@ -71,12 +60,10 @@ def evaluate(
     predictions to ``predictions`` when given).
 
     Returns (the JSON-ready result, the full ScoreResult with curves)."""
-    model, _, _ = build_sharded_model(cfg, info, sparse_opt=None)
-    state = {"model": model.state_dict()}
-    ckpt.load_checkpoint(checkpoint, state)
-    model.load_state_dict(state["model"])
+    model = job.build_sharded_model(cfg, info, sparse_opt=None).model
+    meta = job.load_model_weights(model, checkpoint)
     # Row ids follow the files' order only when one process reads.
-    reader = reader_for(cfg, data, info, batch_size, train=False, num_workers=0 if predictions else None)
+    reader = job.make_reader(cfg, data, info, batch_size, train=False, num_workers=0 if predictions else None)
     writer = None
     if predictions:
         writer = PredictionWriter(predictions_path(predictions, info), cfg.schema.task_names, reader.first_row)
@@ -95,7 +82,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "data": data,
         "samples": scored.rows,
-        "step": ckpt.read_meta(checkpoint)["step"],
+        "step": meta["step"],
         "world_size": info.world_size,
         "tasks": scored.tasks,
     }
@@ -104,48 +91,6 @@ def evaluate(
     if scored.fusion is not None:
         result["fusion"] = scored.fusion
     return result, scored
-
-
-class PredictionWriter:
-    """Streams ``row_id``, ``group_id`` (with a group column), ``label_<task>``,
-    ``prediction_<task>`` and ``weight`` to a Parquet file, one row group per batch.
-
-    ``row_id`` is the row's index in the eval files' order (files as resolved, rows in file order).
-    """
-
-    def __init__(self, path: Path, task_names: list[str], first_row: int) -> None:
-        import pyarrow.parquet as pq  # noqa: PLC0415
-
-        self.path, self.tasks, self.next_row = path, task_names, first_row
-        self._pq, self.writer = pq, None
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, batch, predictions) -> None:
-        import pyarrow as pa  # noqa: PLC0415
-
-        n = batch.batch_size
-        columns = {"row_id": pa.array(range(self.next_row, self.next_row + n), pa.int64())}
-        if batch.group_ids is not None:
-            columns["group_id"] = pa.array(batch.group_ids.cpu().numpy())
-        labels, preds = batch.labels.cpu().numpy(), predictions.float().cpu().numpy()
-        for i, task in enumerate(self.tasks):
-            columns[f"label_{task}"] = pa.array(labels[:, i])
-            columns[f"prediction_{task}"] = pa.array(preds[:, i])
-        columns["weight"] = pa.array(batch.weights.cpu().numpy())
-        table = pa.table(columns)
-        if self.writer is None:
-            self.writer = self._pq.ParquetWriter(self.path, table.schema)
-        self.writer.write_table(table)
-        self.next_row += n
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def predictions_path(path: str, info: DistInfo) -> Path:
-    p = Path(path)
-    return p if info.world_size == 1 else p.with_name(f"{p.stem}-rank{info.rank}{p.suffix}")
 
 
 def write_outputs(result: dict, scored: ScoreResult, out: Path, plots: bool) -> list[Path]:
@@ -189,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     args = parse_args(argv)
     with exit_on_user_error():
-        cfg = load_job_config(args.config, args.set)
+        cfg = job.load_job_config(args.config, args.set)
         data = args.data or cfg.data.eval
         if data is None:
             raise UserError("no eval data: pass --data or set data.eval in the config")
-        checkpoint = resolve_checkpoint(args.checkpoint)
+        checkpoint = job.resolve_checkpoint(args.checkpoint)
         batch_size = args.batch_size or cfg.eval.batch_size or cfg.data.batch_size
         options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
-        info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+        info = job.start_process_group(cfg)
         try:
             result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options, args.predictions)
         finally:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.distributed import is_multi_rank
+from fusionrec.pipeline.distributed import is_multi_rank
 
 
 def group_auc(groups: np.ndarray, predictions: np.ndarray, labels: np.ndarray) -> tuple[float, int]:

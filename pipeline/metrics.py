@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from pipeline.distributed import all_reduce
+from fusionrec.pipeline.distributed import all_reduce
 
 EPS = 1e-7
 

@@ -22,7 +22,7 @@ from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from pipeline.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from fusionrec.pipeline.config import OptimizerConfig, ScheduleConfig, TrainConfig
 
 _DENSE = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 

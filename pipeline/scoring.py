@@ -12,23 +12,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from datasets.batch import Batch
-from datasets.schema import Schema
-from pipeline.distributed import all_reduce
-from pipeline.grouped import GroupAUC
-from pipeline.metrics import BootstrapMetrics, TaskMetrics
+from fusionrec.datasets.batch import Batch
+from fusionrec.datasets.schema import Schema, space_gates, task_space_mask
+from fusionrec.pipeline.distributed import all_reduce, this_rank
+from fusionrec.pipeline.grouped import GroupAUC
+from fusionrec.pipeline.metrics import BootstrapMetrics, TaskMetrics
 
 
 def task_weights(schema: Schema, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """[B, T] weights per task: the sample weight, zeroed outside each task's space."""
-    names = schema.task_names
-    columns = []
-    for task in schema.tasks:
-        w = weights
-        if task.space is not None:
-            w = w * (labels[:, names.index(task.space)] > 0.5).to(w.dtype)
-        columns.append(w)
-    return torch.stack(columns, dim=1)
+    gate, gated = space_gates(schema.tasks)
+    mask = task_space_mask(labels, torch.tensor(gate, device=labels.device), torch.tensor(gated, device=labels.device))
+    return weights.unsqueeze(1) * mask.to(weights.dtype)
 
 
 @dataclass
@@ -107,7 +102,7 @@ def score(
     at all while others have some is an error (the eval set has fewer rows than ranks).
     """
     options = options or ScoreOptions()
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = this_rank()
     steps = int(all_reduce(torch.tensor([num_batches], device=device), dist.ReduceOp.MAX).item())
     if num_batches == 0 and steps > 0:
         raise ValueError("this rank got no eval rows while others did: the eval set has fewer rows than ranks")
@@ -125,7 +120,8 @@ def score(
         batch = next(iterator, None)
         padding = batch is None
         batch = last if padding else batch.to(device)
-        _, (_, _, predictions, labels, weights) = model(batch)
+        _, out = model(batch)
+        predictions, labels, weights = out.predictions, out.labels, out.weights
         if fusion is not None and step < options.fusion_batches:
             fusion.update(batch, count=not padding)
         last = batch

@@ -1,13 +1,14 @@
 """Train a multi-task model on sharded embedding tables.
 
-    torchrun --nproc_per_node 2 -m pipeline.train --config configs/demo.yaml --run-dir runs/demo
-    python -m pipeline.train --config configs/demo.yaml --run-dir runs/debug   # one process
+    torchrun --nproc_per_node 2 --standalone -m fusionrec.pipeline.train --config configs/demo.yaml --run-dir runs/demo
+    python -m fusionrec.pipeline.train --config configs/demo.yaml --run-dir runs/debug   # one process
 
-Flow: config (validated before any process group) → process group → model built with its
-tables on the meta device → TorchRec planner → DistributedModelParallel (sparse optimizer
-fused into the backward of the embedding kernels) → TrainPipelineSparseDist steps →
-DCP checkpoints in ``RUN_DIR/checkpoints``. After an elastic restart (torchrun
-``--max-restarts``) the job resumes from the newest complete checkpoint by itself.
+The job recipe (:mod:`fusionrec.pipeline.job`) builds everything a job needs: config →
+process group → model with meta-device tables → TorchRec planner → DistributedModelParallel
+(sparse optimizer fused into the backward of the embedding kernels) → readers → checkpoint.
+This module adds the loop: TrainPipelineSparseDist steps, periodic evaluation in drained
+pipeline segments, logs, and DCP checkpoints in ``RUN_DIR/checkpoints``. After an elastic
+restart (torchrun ``--max-restarts``) the job resumes from the newest complete checkpoint by itself.
 """
 
 from __future__ import annotations
@@ -15,33 +16,31 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from datasets.batch import Batch
-from datasets.reader import ParquetReader, make_loader, resolve_paths
-from models import build_model
-from models.losses import MultiTaskLoss
-from pipeline import checkpoint as ckpt
-from pipeline.cli_common import UserError, add_common_args, exit_on_user_error, load_job_config
-from pipeline.config import EarlyStoppingConfig, ExperimentConfig, OptimizerConfig
-from pipeline.distributed import DistInfo, all_reduce, init_distributed, is_multi_rank, shutdown
-from pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
-from pipeline.optimizers import build_optimizer, fuse_sparse_optimizer
-from pipeline.scoring import score
-from pipeline.train_metrics import TrainMetrics
-from sharding.plan import PlanRecorder, format_memory_summary, quiet_planner
-from sharding.planner import describe_plan, format_plan, plan_and_shard
+from fusionrec.datasets.batch import Batch
+from fusionrec.datasets.reader import ParquetReader, make_loader
+from fusionrec.errors import UserError, exit_on_user_error
+from fusionrec.models.multitask import StepOutput
+from fusionrec.pipeline import checkpoint as ckpt
+from fusionrec.pipeline import job
+from fusionrec.pipeline.cli_common import add_common_args
+from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
+from fusionrec.pipeline.distributed import DistInfo, all_reduce, shutdown
+from fusionrec.pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
+from fusionrec.pipeline.optimizers import build_optimizer
+from fusionrec.pipeline.scoring import score
+from fusionrec.pipeline.train_metrics import TrainMetrics
+from fusionrec.sharding.planner import format_plan
+from fusionrec.sharding.report import format_memory_summary
 
 
 @dataclass
@@ -57,7 +56,7 @@ class TrainerState:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusionrec.pipeline.train", description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--train-data", help="train Parquet logs: directory, glob or file (overrides data.train)")
     parser.add_argument("--eval-data", help="eval Parquet logs (overrides data.eval)")
@@ -78,24 +77,6 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return sets
 
 
-def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: OptimizerConfig | None):
-    """Model with its tables on the meta device, planned and sharded across the process group.
-
-    With ``sparse_opt`` the embedding tables get that optimizer fused into their backward.
-    Returns (DMP model, sharding plan, per-rank memory summary — on rank 0 only, else None).
-    """
-    model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
-    if sparse_opt is not None:
-        fuse_sparse_optimizer((model.ebc, model.ec), sparse_opt)
-    tables = [t.name for t in cfg.features.tables]
-    recorder = PlanRecorder()
-    with quiet_planner():
-        dmp, plan = plan_and_shard(
-            model, cfg.sharding, tables, info.device, cfg.data.batch_size, info.local_world_size, stats=[recorder]
-        )
-    return dmp, plan, recorder.summary()
-
-
 def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, epochs: int) -> Iterator[Batch]:
     """Batches from the trainer's position on: the rest of the current epoch, then the next ones.
 
@@ -113,73 +94,49 @@ def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, ep
             yield batch
 
 
-def reader_for(
-    cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int, train: bool, num_workers: int | None = None
-) -> ParquetReader:
-    """The reader of this rank: shuffled and with full batches only for training;
-    ``num_workers`` overrides ``data.num_workers``."""
-    data = cfg.data
-    return ParquetReader(
-        resolve_paths(spec),
-        cfg.schema,
-        batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-        drop_last=train,
-        seed=data.seed,
-        shuffle=data.shuffle and train,
-        shuffle_buffer_rows=data.shuffle_buffer_rows if train else 0,
-        num_workers=data.num_workers if num_workers is None else num_workers,
-    )
+def pipeline_steps(pipeline: TrainPipelineSparseDist, batches: Iterable[Batch]) -> Iterator[StepOutput]:
+    """Run ``pipeline`` over ``batches``, yielding each trained step's output.
+
+    TorchRec's ``progress`` says that the batches and its in-flight ones are used up by raising
+    StopIteration; this turns that into the end of a plain iterator.
+    """
+    batches = iter(batches)
+    while True:
+        try:
+            out = pipeline.progress(batches)
+        except StopIteration:
+            return
+        yield out
 
 
-def data_stats(reader: ParquetReader) -> dict[str, int]:
+def data_stats(reader: ParquetReader, device: torch.device) -> dict[str, int]:
     """The reader's bad-value and drop counters, summed over all ranks (collective)."""
     stats = reader.data_stats()
     keys = sorted(stats)
-    values = all_reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
+    values = all_reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
     return {k: int(v) for k, v in zip(keys, values.tolist())}
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class LossWindow:
     """Mean training loss, total and per task, over the steps since the last log line and
-    over all ranks. Sums stay on the device; the only host sync and all-reduce happen in
-    :meth:`flush`, which every rank calls at the same step."""
+    over all ranks: the losses the model computed, summed on the device; the only host sync
+    and all-reduce happen in :meth:`flush`, which every rank calls at the same step."""
 
-    def __init__(self, loss_fn: MultiTaskLoss, device: torch.device) -> None:
-        self.loss_fn = loss_fn
-        self.sums = torch.zeros(1 + len(loss_fn.task_names), device=device)
+    def __init__(self, task_names: list[str], device: torch.device) -> None:
+        self.task_names = task_names
+        self.sums = torch.zeros(1 + len(task_names), device=device)
         self.steps = 0
 
-    def add(self, outputs: tuple) -> None:
-        loss, logits, _, labels, weights = outputs
-        _, per_task = self.loss_fn(logits.float(), labels, weights)
-        self.sums += torch.cat([loss.reshape(1).float(), per_task]).detach()
+    def add(self, out: StepOutput) -> None:
+        self.sums += torch.cat([out.loss.reshape(1), out.task_losses]).float()
         self.steps += 1
 
-    def flush(self) -> dict:
-        sums = all_reduce(self.sums.clone())
-        if is_multi_rank():
-            sums /= dist.get_world_size()
+    def flush(self, world_size: int) -> dict:
+        sums = all_reduce(self.sums.clone()) / world_size
         means = (sums / max(self.steps, 1)).tolist()
         self.sums.zero_()
         self.steps = 0
-        return {"loss": means[0], "task_loss": dict(zip(self.loss_fn.task_names, means[1:]))}
+        return {"loss": means[0], "task_loss": dict(zip(self.task_names, means[1:]))}
 
 
 def improved(stopping: EarlyStoppingConfig, value: float, best: Optional[float]) -> bool:
@@ -209,7 +166,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         if cfg.data.train is None:
             raise UserError("no train data: set data.train in the config or pass --train-data")
-        self.reader = reader_for(cfg, cfg.data.train, info, cfg.data.batch_size, train=True)
+        self.reader = job.make_reader(cfg, cfg.data.train, info, cfg.data.batch_size, train=True)
         self.steps_per_epoch = self.reader.num_batches
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -220,13 +177,14 @@ class Trainer:
         self.max_steps = min(cfg.train.max_steps or total, total)
         self.eval_reader = None
         if cfg.train.eval_every_n_steps:
-            self.eval_reader = reader_for(cfg, cfg.data.eval, info, cfg.eval.batch_size or cfg.data.batch_size, False)
+            eval_batch = cfg.eval.batch_size or cfg.data.batch_size
+            self.eval_reader = job.make_reader(cfg, cfg.data.eval, info, eval_batch, train=False)
 
-        self.model, plan, memory = build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
-        self.plan_rows = describe_plan(plan)
-        say(f"sharding plan ({info.world_size} ranks, {info.device.type}):\n{format_plan(plan)}", enabled=self.main)
-        if memory is not None:
-            say(format_memory_summary(memory), enabled=self.main)
+        built = job.build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
+        self.model, self.plan_rows = built.model, built.plan_rows
+        say(f"sharding plan ({info.world_size} ranks, {info.device.type}):\n{format_plan(built.plan)}", enabled=self.main)
+        if built.memory is not None:
+            say(format_memory_summary(built.memory), enabled=self.main)
         self.optimizer, self.dense_optimizer, self.scheduler = build_optimizer(
             self.model, self.model.fused_optimizer, cfg.train, self.max_steps
         )
@@ -252,9 +210,9 @@ class Trainer:
         self.scheduler.load_state_dict(meta["lr_scheduler"])
         self.state = TrainerState(**meta["trainer"])
         self.reader.load_state_dict(meta["reader"])
-        rng = ckpt.load_rank_state(path, self.info.rank)
-        if rng is not None:
-            set_rng_state(rng["rng"], self.info.device)
+        rank_state = ckpt.load_rank_state(path, self.info.rank)
+        if rank_state is not None:
+            ckpt.set_rng_state(rank_state["rng"], self.info.device)
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.jsonl.write({"event": "resumed", "step": self.state.step, "checkpoint": str(path), "attempt": attempt})
         say(f"resumed from {path} at step {self.state.step}", enabled=self.main)
@@ -277,20 +235,20 @@ class Trainer:
             self.plan_rows,
             self.cfg.to_dict(),
             self.cfg.checkpoint.keep_last,
-            rank_state={"rng": rng_state(self.info.device)},
+            rank_state={"rng": ckpt.rng_state(self.info.device)},
         )
         say(f"checkpoint {path}", enabled=self.main)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, pipeline: TrainPipelineSparseDist) -> dict[str, dict]:
         """Score the eval data with the current weights (the pipeline's model rewrite is
-        undone for the duration, its in-flight batches are kept)."""
+        undone for the duration; it holds no batch in flight between segments)."""
         assert self.eval_reader is not None
         model = pipeline.detach()
         limit = self.cfg.train.eval_max_batches
         n = self.eval_reader.num_batches if limit is None else min(limit, self.eval_reader.num_batches)
         self.eval_reader.set_epoch(0)  # every evaluation reads the same rows from the start
-        batches = itertools.islice(iter(make_loader(self.eval_reader)), n)
+        batches = itertools.islice(make_loader(self.eval_reader), n)
         result = score(model, batches, n, self.cfg.schema, self.info.device)
         pipeline.attach(model)
         return result.tasks
@@ -307,6 +265,16 @@ class Trainer:
         return self.state.evals_without_improvement >= stopping.patience
 
     # ------------------------------------------------------------------ the loop
+    def segment_ends(self) -> Iterator[int]:
+        """The steps at which a pipeline segment ends: every evaluation step, then the last step.
+
+        Between segments the pipeline has drained its in-flight batches, so an evaluation's
+        collectives never interleave with a prefetched batch's input distribution."""
+        every = self.cfg.train.eval_every_n_steps
+        if every:
+            yield from range((self.state.step // every + 1) * every, self.max_steps, every)
+        yield self.max_steps
+
     def run(self) -> TrainerState:
         cfg, info, s = self.cfg, self.info, self.state
         say(
@@ -323,73 +291,79 @@ class Trainer:
             custom_model_fwd=autocast_forward(self.model, info.device, cfg.train.mixed_precision),
         )
         stream = epoch_batches(self.reader, s, self.max_steps, cfg.train.epochs)
-        window = LossWindow(MultiTaskLoss(cfg.tasks).to(info.device), info.device)
-        metrics = TrainMetrics(
+        self.window = LossWindow(cfg.schema.task_names, info.device)
+        self.metrics = TrainMetrics(
             cfg.schema, cfg.data.batch_size, info.world_size, info.rank, cfg.train.metrics_window, info.device
         )
-        jsonl = self.jsonl
-        board = TensorBoardLog(self.run_dir / "tensorboard" if self.main and cfg.train.tensorboard else None)
-        bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
+        self.board = TensorBoardLog(self.run_dir / "tensorboard" if self.main and cfg.train.tensorboard else None)
+        self.bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
+        self.window_start = time.perf_counter()
         every_ckpt, every_eval = cfg.checkpoint.every_n_steps, cfg.train.eval_every_n_steps
-        window_start, stopped_early = time.perf_counter(), False
         self.model.train()
-        while s.step < self.max_steps and not stopped_early:
-            # Run up to the next evaluation as one pipeline segment: the pipeline drains its
-            # in-flight batches at the segment's end, so evaluation never interleaves with them.
-            segment = itertools.islice(stream, every_eval - s.step % every_eval if every_eval else None)
-            steps_before = s.step
-            while True:
-                try:
-                    outputs = pipeline.progress(segment)  # the model's second return value
-                except StopIteration:
-                    break
-                self.scheduler.step()
-                s.step += 1
-                s.samples_seen += self.global_batch
-                s.batch_in_epoch += 1
-                if s.batch_in_epoch == self.steps_per_epoch:
-                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-                window.add(outputs)
-                _, _, predictions, labels, weights = outputs
-                metrics.update(predictions, labels, weights)
-                bar.advance()
-                if s.step % cfg.train.log_every == 0 or s.step == self.max_steps:
-                    steps = window.steps
-                    record = {"step": s.step, "samples_seen": s.samples_seen, **window.flush()}
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    record["samples_per_s"] = round(steps * self.global_batch / elapsed, 1)
-                    record["lr"] = self.scheduler.get_last_lr()[0]
-                    record["metrics"] = metrics.compute()
-                    record["data"] = data_stats(self.reader)
-                    jsonl.write(record)
-                    board.write(record)
-                    bar.show(record)
-                    tasks = " ".join(f"{t}={v:.4f}" for t, v in record["task_loss"].items())
-                    bar.say(
-                        f"step {s.step}/{self.max_steps} loss={record['loss']:.4f} [{tasks}] "
-                        f"{record['samples_per_s']:.0f} samples/s"
-                    )
-                    window_start = time.perf_counter()
+        for end in self.segment_ends():
+            before = s.step
+            for out in pipeline_steps(pipeline, itertools.islice(stream, end - s.step)):
+                self.after_step(out)
                 if every_ckpt and s.step % every_ckpt == 0:
                     self.save()
-            if s.step == steps_before:
+            if s.step == before:
                 break  # the data ran out
-            if every_eval and s.step % every_eval == 0:
-                tasks = self.evaluate(pipeline)
-                jsonl.write({"step": s.step, "eval": tasks})
-                board.write({"step": s.step, "eval": tasks})
-                summary = " ".join(f"{t}:auc={m.get('auc', float('nan')):.4f}" for t, m in tasks.items())
-                bar.say(f"eval @ step {s.step}: {summary}")
-                stopped_early = self.should_stop(tasks)
-                if stopped_early:
-                    patience = cfg.train.early_stopping.patience
-                    bar.say(f"early stopping at step {s.step}: no improvement in {patience} evaluations")
-                window_start = time.perf_counter()
-        bar.close()
-        board.close()
+            if every_eval and s.step % every_eval == 0 and self.evaluate_and_decide(pipeline):
+                break
+        self.bar.close()
+        self.board.close()
         if not (every_ckpt and s.step % every_ckpt == 0):
             self.save()
         return s
+
+    def after_step(self, out: StepOutput) -> None:
+        """Advance the state, the LR schedule and the metrics by one trained step; log when due."""
+        s = self.state
+        self.scheduler.step()
+        s.step += 1
+        s.samples_seen += self.global_batch
+        s.batch_in_epoch += 1
+        if s.batch_in_epoch == self.steps_per_epoch:
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        self.window.add(out)
+        self.metrics.update(out.predictions, out.labels, out.weights)
+        self.bar.advance()
+        if s.step % self.cfg.train.log_every == 0 or s.step == self.max_steps:
+            self.log_step()
+
+    def log_step(self) -> None:
+        """One log line (collective: every rank calls it at the same step)."""
+        s = self.state
+        steps = self.window.steps
+        record = {"step": s.step, "samples_seen": s.samples_seen, **self.window.flush(self.info.world_size)}
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        record["samples_per_s"] = round(steps * self.global_batch / elapsed, 1)
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["metrics"] = self.metrics.compute()
+        record["data"] = data_stats(self.reader, self.info.device)
+        self.jsonl.write(record)
+        self.board.write(record)
+        self.bar.show(record)
+        tasks = " ".join(f"{t}={v:.4f}" for t, v in record["task_loss"].items())
+        self.bar.say(
+            f"step {s.step}/{self.max_steps} loss={record['loss']:.4f} [{tasks}] {record['samples_per_s']:.0f} samples/s"
+        )
+        self.window_start = time.perf_counter()
+
+    def evaluate_and_decide(self, pipeline: TrainPipelineSparseDist) -> bool:
+        """Evaluate at this step, log it, and say whether early stopping ends the run."""
+        s = self.state
+        tasks = self.evaluate(pipeline)
+        self.jsonl.write({"step": s.step, "eval": tasks})
+        self.board.write({"step": s.step, "eval": tasks})
+        summary = " ".join(f"{t}:auc={m.get('auc', float('nan')):.4f}" for t, m in tasks.items())
+        self.bar.say(f"eval @ step {s.step}: {summary}")
+        stop = self.should_stop(tasks)
+        if stop:
+            patience = self.cfg.train.early_stopping.patience
+            self.bar.say(f"early stopping at step {s.step}: no improvement in {patience} evaluations")
+        self.window_start = time.perf_counter()
+        return stop
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> TrainerState:
@@ -403,38 +377,14 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
     return trainer.run()
 
 
-def keep_freed_memory() -> None:
-    """Keep freed memory in glibc's heap instead of returning it to the OS every step.
-
-    By default glibc serves large blocks with a fresh ``mmap`` and unmaps them on free, so each
-    step's activations, gradients and gloo buffers are page-faulted in again; measured on the
-    2-core CPU machine that costs 20-40% of throughput (benchmarks/results/throughput.md). This
-    is what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` do; the price is that the heap
-    keeps its high-water mark. A no-op off glibc; ``FUSIONREC_KEEP_FREED_MEMORY=0`` turns it off.
-    """
-    if os.environ.get("FUSIONREC_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
-        return
-    import ctypes  # noqa: PLC0415
-    import ctypes.util  # noqa: PLC0415
-
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_top_pad, 256 << 20)
-
-
 @record
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()
+    job.keep_freed_memory()
     quiet_third_party()
     args = parse_args(argv)
     with exit_on_user_error():
-        cfg = load_job_config(args.config, config_overrides(args))
-        info = init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+        cfg = job.load_job_config(args.config, config_overrides(args))
+        info = job.start_process_group(cfg)
         try:
             state = train(cfg, Path(args.run_dir), args.resume, info)
             say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)

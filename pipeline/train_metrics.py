@@ -19,8 +19,8 @@ from torchrec.metrics.metrics_config import (
     ThroughputDef,
 )
 
-from datasets.schema import Schema
-from pipeline.scoring import task_weights
+from fusionrec.datasets.schema import Schema
+from fusionrec.pipeline.scoring import task_weights
 
 BINARY_METRICS = (RecMetricEnum.NE, RecMetricEnum.AUC, RecMetricEnum.CALIBRATION, RecMetricEnum.CTR)
 REGRESSION_METRICS = (RecMetricEnum.MSE, RecMetricEnum.MAE)

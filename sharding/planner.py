@@ -1,7 +1,7 @@
 """Plan embedding tables onto ranks with TorchRec's planner and shard a model with DMP.
 
 Works on meta-device models: the planner needs only table shapes, so a plan for a cluster
-can be made on a laptop (see ``sharding.plan``), and the trainer shards a model whose tables
+can be made on a laptop (see ``fusionrec.pipeline.plan``), and the trainer shards a model whose tables
 were never materialised on one rank.
 """
 
@@ -21,7 +21,7 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 
-from sharding.config import ShardingConfig
+from fusionrec.sharding.config import ShardingConfig
 
 GIB = 1024**3
 
@@ -88,7 +88,7 @@ def make_planner(
     stats: list[Stats] | None = None,
 ) -> EmbeddingShardingPlanner:
     """``stats``: TorchRec planner Stats hooks called with the chosen plan (e.g.
-    ``sharding.plan.PlanRecorder``); None keeps TorchRec's default."""
+    ``sharding.report.PlanRecorder``); None keeps TorchRec's default."""
     memory = memory or machine_memory(device_type, local_world_size, cfg)
     return EmbeddingShardingPlanner(
         topology=make_topology(world_size, local_world_size, device_type, memory),

@@ -27,6 +27,6 @@ def demo_logs(tmp_path_factory) -> Path:
     from tests.launch import run
 
     out = tmp_path_factory.mktemp("demo_logs")
-    run([sys.executable, "-m", "datasets.synthetic", "--config", str(REPO / "configs/demo.yaml"), "--out", str(out),
+    run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", str(REPO / "configs/demo.yaml"), "--out", str(out),
          "--rows", "40000"])
     return out

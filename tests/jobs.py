@@ -10,7 +10,7 @@ from tests.launch import REPO, run, torchrun
 
 CONFIG = str(REPO / "configs/demo.yaml")
 BATCH = 128
-TRAIN = ["-m", "pipeline.train", "--config", CONFIG, "--set", f"data.batch_size={BATCH}", "--set", "train.log_every=10"]
+TRAIN = ["-m", "fusionrec.pipeline.train", "--config", CONFIG, "--set", f"data.batch_size={BATCH}", "--set", "train.log_every=10"]
 
 
 def train_args(logs: Path, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
@@ -24,7 +24,7 @@ def train(logs: Path, run_dir: Path, max_steps: int, *extra: str, nproc: int = 2
 
 def evaluate(logs: Path, checkpoint: Path, out: Path, *extra: str, nproc: int | None = None) -> dict:
     """Evaluate on the demo eval logs, in one process (``nproc=None``) or under torchrun."""
-    args = ["-m", "pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(checkpoint),
+    args = ["-m", "fusionrec.pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(checkpoint),
             "--data", str(logs / "eval" / "*.parquet"), "--out", str(out), *extra]
     if nproc is None:
         run([sys.executable, *args])

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from pipeline import checkpoint as ckpt
+from fusionrec.pipeline import checkpoint as ckpt
 
 
 def _save(run_dir, step, value, keep_last=2):

@@ -3,7 +3,7 @@
 import pytest
 
 from fusionrec.typedconfig import ConfigError, apply_overrides
-from pipeline.config import load_config
+from fusionrec.pipeline.config import load_config
 
 DEMO = "configs/demo.yaml"
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datasets.hashing import stable_hash
-from datasets.reader import DataError, ParquetReader
-from datasets.schema import (
+from fusionrec.datasets.hashing import stable_hash
+from fusionrec.datasets.reader import DataError, ParquetReader
+from fusionrec.datasets.schema import (
     DenseNormalization,
     FeatureSchema,
     Schema,

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datasets.census import CATEGORICAL, DENSE, TASKS, WEIGHT, convert, features_config, main
+from fusionrec.datasets.census import CATEGORICAL, DENSE, TASKS, WEIGHT, convert, features_config, main
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = Path(__file__).resolve().parents[2] / "shared/data/census-income-kdd/census-income.test.gz"
@@ -82,7 +82,7 @@ def test_deterministic_by_seed(converted, tmp_path):
 
 
 def test_census_yaml_matches_the_converter_and_loads(converted):
-    from pipeline.config import load_config
+    from fusionrec.pipeline.config import load_config
 
     _, stats = converted
     cfg = load_config(REPO / "configs" / "census.yaml")
@@ -95,8 +95,8 @@ def test_census_yaml_matches_the_converter_and_loads(converted):
 
 
 def test_reader_reads_the_converted_logs(converted):
-    from datasets.reader import ParquetReader
-    from pipeline.config import load_config
+    from fusionrec.datasets.reader import ParquetReader
+    from fusionrec.pipeline.config import load_config
 
     out, _ = converted
     cfg = load_config(REPO / "configs" / "census.yaml")

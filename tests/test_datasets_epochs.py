@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datasets.reader import DataError, ParquetReader, _Source, interleaved_counts, make_loader
+from fusionrec.datasets.reader import DataError, ParquetReader, _Source, interleaved_counts, make_loader
 from tests.test_datasets_reader import SCHEMA, make_rows, row_ids, write
 
 SIZES = [301, 7, 0, 152, 40, 1, 123]  # very uneven files, one empty
@@ -250,7 +250,7 @@ def test_batch_extras_survive_to_and_pickling(tmp_path):
 
     table = pa.table({"u": pa.array(["a", None, "b"]), "x": pa.array([1, 2, 3]), "y": pa.array([0.0, 1.0, 0.0])})
     pq.write_table(table, tmp_path / "t.parquet")
-    from datasets.schema import FeatureSchema, Schema, SparseFeature, TableConfig, TaskConfig
+    from fusionrec.datasets.schema import FeatureSchema, Schema, SparseFeature, TableConfig, TaskConfig
 
     schema = Schema(
         FeatureSchema(tables=[TableConfig("t", 5, 2)], sparse=[SparseFeature("x", "t")], group_column="u"),
@@ -263,7 +263,7 @@ def test_batch_extras_survive_to_and_pickling(tmp_path):
 
 
 def test_next_worker_continues_the_round_robin():
-    from datasets.reader import next_worker
+    from fusionrec.datasets.reader import next_worker
 
     counts = [3, 3, 4, 0, 1]
     order = [w for t in range(max(counts)) for w in range(len(counts)) if counts[w] > t]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.hashing import FNV_OFFSET, hash_strings, stable_hash
+from fusionrec.datasets.hashing import FNV_OFFSET, hash_strings, stable_hash
 
 REPO = Path(__file__).resolve().parents[1]
 VALUES = ["", "a", "user_123", "zürich", "x" * 300, "新しい", "a\x00b"]
@@ -49,8 +49,8 @@ def test_vectorised_matches_reference_for_every_layout():
 READER = """
 import json, sys
 sys.path.insert(0, {repo!r})
-from datasets.reader import ParquetReader
-from datasets.schema import FeatureSchema, Schema, SparseFeature, TableConfig, TaskConfig
+from fusionrec.datasets.reader import ParquetReader
+from fusionrec.datasets.schema import FeatureSchema, Schema, SparseFeature, TableConfig, TaskConfig
 schema = Schema(FeatureSchema(tables=[TableConfig("t", 1000003, 4)], sparse=[SparseFeature("s", "t")]), [TaskConfig("y")])
 (batch,) = ParquetReader({path!r}, schema, 7, drop_last=False)
 print(json.dumps({{"python_hash": hash("user_123"), "ids": batch.sparse["s"].values().tolist()}}))
@@ -59,7 +59,7 @@ HASHES = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import pyarrow.parquet as pq
-from datasets.hashing import hash_strings
+from fusionrec.datasets.hashing import hash_strings
 column = pq.read_table({path!r}).column("s").combine_chunks()
 print(json.dumps({{"python_hash": hash("user_123"), "ids": (hash_strings(column) % 1000003).tolist()}}))
 """

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datasets.reader import DataError, ParquetReader, _list_fs, _uri_prefix, read_batches, resolve_paths
-from datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
+from fusionrec.datasets.reader import DataError, ParquetReader, _list_fs, _uri_prefix, read_batches, resolve_paths
+from fusionrec.datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
 
 SCHEMA = Schema(
     features=FeatureSchema(

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datasets.config import SyntheticConfig
-from datasets.schema import FeatureSchema, Schema, SparseFeature, TableConfig, TaskConfig
-from datasets.synthetic import SyntheticWorld, ZipfIds, generate, load_config, main
+from fusionrec.datasets.config import SyntheticConfig
+from fusionrec.datasets.schema import FeatureSchema, Schema, SparseFeature, TableConfig, TaskConfig
+from fusionrec.datasets.synthetic import SyntheticWorld, ZipfIds, generate, load_config, main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -238,7 +238,7 @@ def test_cli(tmp_path, capsys):
 def test_weight_and_group_columns_read_back(tmp_path):
     """Per-id weight columns are as long as their id lists and feed a weighted KJT; the
     group column is the user id."""
-    from datasets.reader import ParquetReader
+    from fusionrec.datasets.reader import ParquetReader
 
     schema = Schema(
         features=FeatureSchema(

@@ -188,7 +188,7 @@ def run_entrypoint(fake_bin: Path, env: dict[str, str], args: list[str], script:
     return proc, argv
 
 
-TRAIN = ["-m", "pipeline.train", "--config", "configs/production.yaml", "--run-dir", "/runs/x", "--resume"]
+TRAIN = ["-m", "fusionrec.pipeline.train", "--config", "configs/production.yaml", "--run-dir", "/runs/x", "--resume"]
 
 
 def test_entrypoint_builds_a_c10d_multinode_torchrun(fake_bin):
@@ -200,7 +200,7 @@ def test_entrypoint_builds_a_c10d_multinode_torchrun(fake_bin):
     assert args.nnodes == "8" and args.nproc_per_node == "8"
     assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "node0.cluster:29400" and args.rdzv_id == "job-42"
     assert args.max_restarts == 2 and not args.standalone
-    assert args.module and args.training_script == "pipeline.train" and args.training_script_args == TRAIN[2:]
+    assert args.module and args.training_script == "fusionrec.pipeline.train" and args.training_script_args == TRAIN[2:]
     config, _, _ = config_from_args(args)
     assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (8, 8, 8)
     assert config.rdzv_configs["is_host"] == "false"  # node 3 joins node 0's store
@@ -309,8 +309,8 @@ def test_pytorchjob_has_what_the_operator_needs():
 
 def test_pytorchjob_pods_start_the_planned_job(fake_bin):
     """Each pod, given the variables the operator sets, starts torchrun for the same job."""
-    from pipeline.config import load_config
-    from pipeline.train import parse_args as train_args
+    from fusionrec.pipeline.config import load_config
+    from fusionrec.pipeline.train import parse_args as train_args
 
     job = load_pytorchjob()
     specs = job["spec"]["pytorchReplicaSpecs"]
@@ -359,7 +359,7 @@ def test_sbatch_script_starts_the_right_torchrun(fake_bin, tmp_path):
     assert (config.min_nodes, config.nproc_per_node) == (2, 4)
     assert args.rdzv_endpoint == "gpu-a01:29500" and args.rdzv_id == "fusionrec-4242"
     assert config.rdzv_configs["is_host"] == "true"
-    assert args.training_script == "pipeline.train"
+    assert args.training_script == "fusionrec.pipeline.train"
     assert args.training_script_args == ["--config", "configs/production.yaml", "--run-dir", "/shared/runs/p", "--resume"]
     # Without arguments it says how to call it.
     proc, _ = run_entrypoint(fake_bin, env, [], script=SBATCH)
@@ -399,19 +399,19 @@ def doc_commands(prefix: str) -> list[list[str]]:
 def test_cluster_doc_torchrun_commands_parse():
     commands = doc_commands("torchrun ")
     assert commands, "docs/cluster.md shows no torchrun command"
-    from pipeline.train import parse_args as train_args
+    from fusionrec.pipeline.train import parse_args as train_args
 
     for cmd in commands:
         args = get_args_parser().parse_args(cmd[1:])
         assert args.rdzv_backend == "c10d" or args.standalone
-        assert args.module and args.training_script == "pipeline.train"
+        assert args.module and args.training_script == "fusionrec.pipeline.train"
         train_args(args.training_script_args)
 
 
 def test_cluster_doc_plan_commands_parse():
-    from sharding.plan import parse_args as plan_args
+    from fusionrec.pipeline.plan import parse_args as plan_args
 
-    commands = doc_commands("python -m sharding.plan")
+    commands = doc_commands("python -m fusionrec.pipeline.plan")
     assert commands
     for cmd in commands:
         args = plan_args(cmd[3:])
@@ -425,7 +425,7 @@ def test_entrypoint_two_nodes_meet_at_the_c10d_rendezvous(tmp_path):
     from tests.launch import child_env, free_port, run
 
     data, run_dir = tmp_path / "data", tmp_path / "run"
-    run([sys.executable, "-m", "datasets.synthetic", "--config", "configs/demo.yaml", "--out", str(data),
+    run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", "configs/demo.yaml", "--out", str(data),
          "--rows", "4000", "--set", "synthetic.row_group_size=500"])  # fmt: skip
     torchrun = tool("torchrun")
     assert torchrun, "torchrun not found"
@@ -434,7 +434,7 @@ def test_entrypoint_two_nodes_meet_at_the_c10d_rendezvous(tmp_path):
         "FUSIONREC_DEVICE": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
         "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ID": "two-nodes", "RDZV_JOIN_TIMEOUT": "120",
     }  # fmt: skip
-    args = ["-m", "pipeline.train", "--config", "configs/demo.yaml", "--train-data", str(data / "train"),
+    args = ["-m", "fusionrec.pipeline.train", "--config", "configs/demo.yaml", "--train-data", str(data / "train"),
             "--run-dir", str(run_dir), "--max-steps", "2", "--set", "data.batch_size=64"]  # fmt: skip
     nodes = [
         subprocess.Popen(

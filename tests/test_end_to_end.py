@@ -117,7 +117,7 @@ def test_single_process_training_without_torchrun(demo_logs, tmp_path):
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, words):
-    cmd = [sys.executable, "-m", "pipeline.train", "--config", CONFIG, "--run-dir", str(tmp_path), *args]
+    cmd = [sys.executable, "-m", "fusionrec.pipeline.train", "--config", CONFIG, "--run-dir", str(tmp_path), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -162,7 +162,7 @@ def test_evaluation_report_with_intervals_plots_and_fusion_matrices(demo_logs, t
 
 def test_checkpoint_of_another_model_names_what_differs(demo_logs, trained, tmp_path):
     run_dir, _ = trained
-    cmd = [sys.executable, "-m", "pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(run_dir),
+    cmd = [sys.executable, "-m", "fusionrec.pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(run_dir),
            "--data", str(demo_logs / "eval"), "--set", "features.tables.0.num_embeddings=999",
            "--set", "model.tower_dims=[16]"]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)

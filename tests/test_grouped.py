@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.grouped import GroupAUC, group_auc
+from fusionrec.pipeline.grouped import GroupAUC, group_auc
 
 
 def pairwise_auc(p, y):

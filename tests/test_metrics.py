@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.metrics import TaskMetrics, binned_auc
+from fusionrec.pipeline.metrics import TaskMetrics, binned_auc
 
 
 def exact_auc(p, y, w):
@@ -91,7 +91,7 @@ def test_calibration_curve_by_hand():
 
 
 def test_bootstrap_interval_covers_estimate_and_narrows_with_data():
-    from pipeline.metrics import BootstrapMetrics
+    from fusionrec.pipeline.metrics import BootstrapMetrics
 
     def interval(n, seed=0):
         g = torch.Generator().manual_seed(7)

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from models.adatt import AdaTT
-from models.config import AdaTTConfig
-from models.experts import ExpertBank, GateBank
+from fusionrec.models.adatt import AdaTT
+from fusionrec.models.config import AdaTTConfig
+from fusionrec.models.experts import ExpertBank, GateBank
 
 # ----------------------------------------------------------------- plain-Python equations
 

@@ -5,16 +5,16 @@ AdaTT paper's Table 5 setting for every fusion."""
 import pytest
 import torch
 
-from models.baselines import PLE, CrossStitch, MMoE, SharedBottomFusion
-from models.config import (
+from fusionrec.models.baselines import PLE, CrossStitch, MMoE, SharedBottomFusion
+from fusionrec.models.config import (
     AdaTTConfig,
     CrossStitchConfig,
     MMoEConfig,
     PLEConfig,
     SharedBottomFusionConfig,
 )
-from models.fusion import build_fusion
-from models.towers import TaskTowers
+from fusionrec.models.fusion import build_fusion
+from fusionrec.models.towers import TaskTowers
 from tests.test_models_adatt import expert, matvec, mix, random_expert, set_expert, set_gate, softmax
 
 B, IN = 4, 3

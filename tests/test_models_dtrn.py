@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
-from models.bottoms import SharedBottom, build_bottom
-from models.config import DTRNConfig, ModelConfig
-from models.dtrn import DTRN
-from models.transformer import conditional_layer_norm
+from fusionrec.datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
+from fusionrec.models.bottoms import SharedBottom, build_bottom
+from fusionrec.models.config import DTRNConfig, ModelConfig
+from fusionrec.models.dtrn import DTRN
+from fusionrec.models.transformer import conditional_layer_norm
 
 B, K, D, DD, P = 3, 2, 8, 3, 2
 BEHAVIORS = ["click", "buy", "click"]  # two sequences share the "click" type embedding

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from datasets.schema import TaskConfig
-from models.losses import MultiTaskLoss
+from fusionrec.datasets.schema import TaskConfig
+from fusionrec.models.losses import MultiTaskLoss
 
 TASKS = [
     TaskConfig("click"),

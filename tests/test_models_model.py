@@ -9,11 +9,11 @@ import torch
 import torchrec.fx
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from datasets.batch import Batch
-from datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
+from fusionrec.datasets.batch import Batch
+from fusionrec.datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
 from fusionrec.typedconfig import from_dict, load_yaml
-from models import MultiTaskModel, build_model
-from models.config import (
+from fusionrec.models import MultiTaskModel, build_model
+from fusionrec.models.config import (
     AdaTTConfig,
     CrossStitchConfig,
     DTRNConfig,
@@ -23,7 +23,7 @@ from models.config import (
     SharedBottomConfig,
     SharedBottomFusionConfig,
 )
-from models.embeddings import bag_table_configs, pad_sequence, pool_jagged, sequence_mask, sequence_table_configs
+from fusionrec.models.embeddings import bag_table_configs, pad_sequence, pool_jagged, sequence_mask, sequence_table_configs
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -91,11 +91,23 @@ def test_demo_forward_backward_reaches_every_parameter():
     model = build_model(schema, cfg)
     assert isinstance(model, MultiTaskModel)
     batch = make_batch(schema)
-    loss, (detached, logits, preds, labels, weights) = model(batch)
-    assert loss.shape == () and torch.isfinite(loss) and not detached.requires_grad
+    loss, out = model(batch)
+    logits, preds, labels, weights = out.logits, out.predictions, out.labels, out.weights
+    assert loss.shape == () and torch.isfinite(loss) and not out.loss.requires_grad
     assert logits.shape == preds.shape == labels.shape == (6, 3) and weights.shape == (6,)
     assert torch.all((preds > 0) & (preds < 1))
     torch.testing.assert_close(preds, torch.sigmoid(logits))
+    assert labels is batch.labels and weights is batch.weights
+    # The per-task losses the loop logs are the model's own: BCE per task, recomputed by hand
+    # (demo tasks: click, like, convert; convert is trained where click = 1).
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    mask = torch.ones_like(labels)
+    mask[:, 2] = (labels[:, 0] > 0.5).float()
+    w = mask * weights.unsqueeze(1)
+    expected = (w * bce).sum(0) / w.sum(0).clamp(min=1e-8)
+    torch.testing.assert_close(out.task_losses, expected)
+    assert not out.task_losses.requires_grad
+    torch.testing.assert_close(out.loss, (torch.tensor([t.weight for t in schema.tasks]) * expected).sum())
     loss.backward()
     names = [n for n, _ in model.named_parameters()]
     for part in ("ebc.", "ec.", "tim.hyper", "tim.layers", "trm.", "fusion.levels.0.gates", "fusion.levels.1.gates",
@@ -115,7 +127,7 @@ def test_fx_trace_matches_eager(weighted):
     loss, out = model(batch)
     traced_loss, traced_out = gm(batch)
     torch.testing.assert_close(traced_loss, loss)
-    torch.testing.assert_close(traced_out[1], out[1])
+    torch.testing.assert_close(traced_out.logits, out.logits)
 
     # What TrainPipelineSparseDist does: embedding modules as leaves, fed straight from the batch.
     graph = torchrec.fx.Tracer(leaf_modules=["EmbeddingBagCollection", "EmbeddingCollection"]).trace(model)
@@ -147,7 +159,7 @@ def test_every_fusion_composes_with_both_bottoms(bottom, fusion):
     assert model.bottom.task_specific == (bottom == "dtrn")
     batch = make_batch(schema, batch_size=8, seed=1)
     loss, out = model(batch)
-    assert out[1].shape == (8, 3)
+    assert out.logits.shape == (8, 3)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -155,7 +167,7 @@ def test_every_fusion_composes_with_both_bottoms(bottom, fusion):
     gm = torchrec.fx.symbolic_trace(model)
     traced_loss, traced_out = gm(batch)
     torch.testing.assert_close(traced_loss, loss.detach())
-    torch.testing.assert_close(traced_out[1], out[1])
+    torch.testing.assert_close(traced_out.logits, out.logits)
 
     model.eval()
     mats, labels = model.fusion_matrices(batch), model.fusion_matrix_labels()
@@ -283,9 +295,9 @@ def test_variants(schema_kwargs, bottom, fusion):
     assert (model.ec is None) == (not schema.features.sequence_tables)
     batch = make_batch(schema, batch_size=4)
     loss, out = model(batch)
-    assert torch.isfinite(loss) and out[1].shape == (4, 2)
+    assert torch.isfinite(loss) and out.logits.shape == (4, 2)
     if schema_kwargs.get("regression"):
-        torch.testing.assert_close(out[2][:, 1], out[1][:, 1])
+        torch.testing.assert_close(out.predictions[:, 1], out.logits[:, 1])
     loss.backward()
     torchrec.fx.symbolic_trace(model)
 

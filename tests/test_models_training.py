@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models import build_model
+from fusionrec.models import build_model
 from tests.test_models_model import demo, make_batch
 
 
@@ -92,8 +92,8 @@ def _worker(rank: int, world_size: int, port: int, results, weighted: bool = Fal
                 out = pipeline.progress(batches)
             except StopIteration:
                 break
-            losses.append(float(out[0]))
-            assert out[1].shape == (16, 3)
+            losses.append(float(out.loss))
+            assert out.logits.shape == (16, 3)
         pipelined = sorted(type(m).__name__ for m in getattr(pipeline, "_pipelined_modules", []))
         # What the evaluator does: the inner model's introspection, on every rank (collective lookups).
         # The pipeline rewrote the embedding modules' forward; detach() restores it.

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from pipeline.config import OptimizerConfig, ScheduleConfig, TrainConfig
-from pipeline.optimizers import lr_factor
+from fusionrec.pipeline.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from fusionrec.pipeline.optimizers import lr_factor
 
 
 def test_warmup_then_constant():
@@ -35,7 +35,7 @@ def test_scheduler_moves_dense_lr_and_clipping_bounds_the_update():
     is clipped to grad_clip_norm before the SGD step."""
     from torchrec.optim.keyed import KeyedOptimizerWrapper
 
-    from pipeline.optimizers import build_optimizer
+    from fusionrec.pipeline.optimizers import build_optimizer
 
     model = torch.nn.Linear(4, 1, bias=False)
     torch.nn.init.zeros_(model.weight)

@@ -1,4 +1,4 @@
-"""sharding.plan: cluster plans for production-sized tables, made on this CPU-only machine
+"""The plan job and plan reports: cluster plans for production-sized tables, made on this CPU-only machine
 (meta tensors, no GPU, no process group), and the per-rank memory summary."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from models import build_model
-from pipeline.config import load_config
-from sharding import plan as plan_cli
-from sharding.config import ShardingConfig
-from sharding.plan import (
+from fusionrec.models import build_model
+from fusionrec.pipeline.config import load_config
+from fusionrec.pipeline import plan as plan_cli
+from fusionrec.sharding.config import ShardingConfig
+from fusionrec.sharding.report import (
     PlanRecorder,
     TableSize,
     fit_report,
@@ -24,7 +24,7 @@ from sharding.plan import (
     format_table_plan,
     rank_ranges,
 )
-from sharding.planner import GIB, MachineMemory, default_sharders, make_planner, plan_and_shard
+from fusionrec.sharding.planner import GIB, MachineMemory, default_sharders, make_planner, plan_and_shard
 from tests.launch import REPO, child_env
 
 PRODUCTION = REPO / "configs/production.yaml"
@@ -96,7 +96,7 @@ def test_production_config_plans_onto_h100_cluster(world_size, tmp_path, capsys)
 
 def test_too_small_cluster_exits_nonzero_and_says_what_is_missing(tmp_path):
     out = tmp_path / "plan.json"
-    cmd = [sys.executable, "-m", "sharding.plan", "--config", str(PRODUCTION), "--world-size", "2",
+    cmd = [sys.executable, "-m", "fusionrec.pipeline.plan", "--config", str(PRODUCTION), "--world-size", "2",
            "--hbm-gb", "80", "--ddr-gb", "2048", "--json", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, check=False, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr

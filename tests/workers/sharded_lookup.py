@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from pipeline.distributed import init_distributed, shutdown
-from pipeline.logs import quiet_third_party
-from sharding.config import ShardingConfig, TableConstraint
-from sharding.planner import describe_plan, plan_and_shard
+from fusionrec.pipeline.distributed import init_distributed, shutdown
+from fusionrec.pipeline.logs import quiet_third_party
+from fusionrec.sharding.config import ShardingConfig, TableConstraint
+from fusionrec.sharding.planner import describe_plan, plan_and_shard
 
 TYPES = ["table_wise", "row_wise", "column_wise"]
 BAG_ONLY_TYPES = ["table_row_wise", "data_parallel"]  # the EmbeddingCollection sharder offers neither

@@ -5,7 +5,7 @@
     fusionrec evaluate --config configs/demo.yaml --checkpoint runs/demo --data ...
     fusionrec plan     --config configs/production.yaml --world-size 64 --device cuda --hbm-gb 80
 
-For several ranks, launch the module under torchrun: ``torchrun ... -m pipeline.train ...``.
+For several ranks, launch the module under torchrun: ``torchrun ... -m fusionrec.pipeline.train ...``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import importlib
 import sys
 
 COMMANDS = {
-    "generate": ("datasets.synthetic", "write synthetic Parquet logs for a config"),
-    "train": ("pipeline.train", "train (one process; use torchrun -m pipeline.train for more)"),
-    "evaluate": ("pipeline.evaluate", "score a checkpoint on Parquet logs"),
-    "plan": ("sharding.plan", "plan the embedding tables for a cluster (no GPU needed)"),
-    "census": ("datasets.census", "convert the UCI Census-Income (KDD) file to Parquet logs"),
+    "generate": ("fusionrec.datasets.synthetic", "write synthetic Parquet logs for a config"),
+    "train": ("fusionrec.pipeline.train", "train (one process; use torchrun -m fusionrec.pipeline.train for more)"),
+    "evaluate": ("fusionrec.pipeline.evaluate", "score a checkpoint on Parquet logs"),
+    "plan": ("fusionrec.pipeline.plan", "plan the embedding tables for a cluster (no GPU needed)"),
+    "census": ("fusionrec.datasets.census", "convert the UCI Census-Income (KDD) file to Parquet logs"),
 }
 
 

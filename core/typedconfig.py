@@ -20,11 +20,11 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from fusionrec.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and the key."""
 
 
 def _describe(tp: Any) -> str:

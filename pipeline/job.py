@@ -1,0 +1,170 @@
+"""The one recipe every job follows, in the order a job runs it.
+
+    cfg   = load_job_config(path, overrides)             # typed, validated; no process group yet
+    info  = start_process_group(cfg)                     # gloo on CPU, NCCL on CUDA; world of one without torchrun
+    built = build_sharded_model(cfg, info, sparse_opt)   # tables on meta → TorchRec planner → DMP
+    (optimizers: pipeline.optimizers.build_optimizer(built.model, ...), training only)
+    reader = make_reader(cfg, spec, info, batch_size, train=...)
+    meta  = load_model_weights(built.model, resolve_checkpoint(path))   # DCP, any saved world size
+
+``pipeline.train``, ``pipeline.evaluate``, ``pipeline.plan`` and the benchmarks call these steps;
+no job imports another job. Each step is small on purpose: read this file top to bottom to know
+what any job does before its own loop starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from fusionrec.datasets.reader import ParquetReader, resolve_paths
+from fusionrec.errors import UserError
+from fusionrec.models import MultiTaskModel, build_model
+from fusionrec.pipeline import checkpoint as ckpt
+from fusionrec.pipeline.config import ExperimentConfig, OptimizerConfig, load_config
+from fusionrec.pipeline.distributed import DistInfo, init_distributed
+from fusionrec.pipeline.optimizers import fuse_sparse_optimizer
+from fusionrec.sharding.planner import describe_plan, plan_and_shard
+from fusionrec.sharding.report import PlanRecorder, PlanSummary, quiet_planner
+
+
+# ----------------------------------------------------------------------------- 0. the process
+
+
+def keep_freed_memory() -> None:
+    """Keep freed memory in glibc's heap instead of returning it to the OS every step.
+
+    By default glibc serves large blocks with a fresh ``mmap`` and unmaps them on free, so each
+    step's activations, gradients and gloo buffers are page-faulted in again; measured on the
+    2-core CPU machine that costs 20-40% of throughput (benchmarks/results/throughput.md). This
+    is what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` do; the price is that the heap
+    keeps its high-water mark. A no-op off glibc; ``FUSIONREC_KEEP_FREED_MEMORY=0`` turns it off.
+    """
+    if os.environ.get("FUSIONREC_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
+        return
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_top_pad, 256 << 20)
+
+
+# ----------------------------------------------------------------------------- 1. the config
+
+
+def load_job_config(path: str, overrides: list[str]) -> ExperimentConfig:
+    """The experiment YAML with ``--set key.path=value`` overrides applied, typed and validated
+    (a ConfigError names the file or the ``--set`` argument, and the key)."""
+    return load_config(path, overrides)
+
+
+# ----------------------------------------------------------------------------- 2. the process group
+
+
+def start_process_group(cfg: ExperimentConfig) -> DistInfo:
+    """Join torchrun's process group (or make a world of one); picks the device from ``train.device``."""
+    return init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+
+
+# ----------------------------------------------------------------------------- 3. the model, planned and sharded
+
+
+@dataclass
+class ShardedModel:
+    """The DMP-wrapped model and how its tables were placed.
+
+    ``plan_rows``: one dict per table (``sharding.planner.describe_plan``), saved beside every
+    checkpoint; ``memory``: the planner's per-rank memory summary, on rank 0 only (else None).
+    """
+
+    model: torch.nn.Module
+    plan: object
+    plan_rows: list[dict]
+    memory: Optional[PlanSummary]
+
+
+def build_meta_model(cfg: ExperimentConfig, sparse_opt: OptimizerConfig | None) -> MultiTaskModel:
+    """The model with its embedding tables on the meta device (no table memory allocated) and,
+    with ``sparse_opt``, that optimizer fused into the tables' backward, as training runs it."""
+    model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
+    if sparse_opt is not None:
+        fuse_sparse_optimizer((model.ebc, model.ec), sparse_opt)
+    return model
+
+
+def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: OptimizerConfig | None) -> ShardedModel:
+    """Plan the tables with TorchRec's planner over the process group and wrap the model in
+    DistributedModelParallel, which materialises each rank's shards on ``info.device``."""
+    model = build_meta_model(cfg, sparse_opt)
+    recorder = PlanRecorder()
+    with quiet_planner():
+        dmp, plan = plan_and_shard(
+            model,
+            cfg.sharding,
+            [t.name for t in cfg.features.tables],
+            info.device,
+            cfg.data.batch_size,
+            info.local_world_size,
+            stats=[recorder],
+        )
+    return ShardedModel(dmp, plan, describe_plan(plan), recorder.summary())
+
+
+# ----------------------------------------------------------------------------- 4. the data
+
+
+def make_reader(
+    cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int, train: bool, num_workers: int | None = None
+) -> ParquetReader:
+    """This rank's reader of the Parquet logs ``spec`` (directory, glob or file).
+
+    Training reads shuffled (``data.shuffle``) full batches only, so every rank takes the same
+    number of steps; evaluation reads every row in file order. ``num_workers`` overrides
+    ``data.num_workers``."""
+    data = cfg.data
+    return ParquetReader(
+        resolve_paths(spec),
+        cfg.schema,
+        batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        drop_last=train,
+        seed=data.seed,
+        shuffle=data.shuffle and train,
+        shuffle_buffer_rows=data.shuffle_buffer_rows if train else 0,
+        num_workers=data.num_workers if num_workers is None else num_workers,
+    )
+
+
+# ----------------------------------------------------------------------------- 5. the checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir as given, or the newest complete checkpoint of a run dir."""
+    p = Path(path)
+    if (p / ckpt.META).is_file():
+        return p
+    latest = ckpt.latest_checkpoint(p)
+    if latest is None:
+        raise UserError(f"{path} is neither a complete checkpoint (no {ckpt.META}) nor a run dir holding one")
+    return latest
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> dict:
+    """Load the model part of ``checkpoint`` into ``model`` (resharded to this job's plan and
+    world size; a checkpoint of another model fails naming what differs); returns its meta.json."""
+    state = {"model": model.state_dict()}
+    ckpt.load_checkpoint(checkpoint, state)
+    model.load_state_dict(state["model"])
+    return ckpt.read_meta(checkpoint)
