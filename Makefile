@@ -3,6 +3,7 @@
 #   make demo                      synthetic logs -> 2-rank sharded training -> evaluation
 #   make test                      the test suite
 #   make lint                      ruff over the code
+#   make docs                      regenerate the config reference in docs/config.md
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DEVICE ?= cpu
@@ -20,7 +21,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX ?=
 PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 setup: $(STAMP)
 
@@ -53,6 +54,9 @@ test: setup
 lint: setup
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/python -m ruff check .
+
+docs: setup
+	$(BIN)/python -m fusionrec.configdoc --out docs/config.md
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache

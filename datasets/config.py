@@ -21,12 +21,19 @@ class DataConfig:
     See :class:`datasets.reader.ParquetReader`.
     """
 
+    #: training logs: a directory, a glob or a file (local path or URI); --train-data overrides it
     train: Optional[str] = None
+    #: eval logs, in the same forms; --eval-data overrides it; null: none
     eval: Optional[str] = None
+    #: rows per batch on each rank (>= 1)
     batch_size: int = 256
+    #: DataLoader worker processes per rank (>= 0; 0: read in the training process)
     num_workers: int = 0
+    #: seed of the shuffling (>= 0)
     seed: int = 0
+    #: read the training row groups in an order permuted per epoch by (seed, epoch)
     shuffle: bool = False
+    #: also permute rows within windows of this many rows (>= 0; 0: no buffer; needs shuffle)
     shuffle_buffer_rows: int = 0
 
     def __post_init__(self) -> None:
@@ -44,12 +51,19 @@ class DataConfig:
 class SyntheticConfig:
     """Shape of the synthetic logs written by ``python -m fusionrec.datasets.synthetic``."""
 
+    #: seed of the synthetic ground truth and of the rows
     seed: int = 0
+    #: Parquet files written under OUT/train (>= 1)
     train_files: int = 4
+    #: Parquet files written under OUT/eval (>= 1)
     eval_files: int = 2
+    #: fraction of the rows written to the eval files, in (0, 1)
     eval_fraction: float = 0.2
+    #: rows per Parquet row group (>= 1)
     row_group_size: int = 2000
-    task_correlation: float = 0.5  # 0: tasks share no latent signal, 1: identical latent signal
+    #: cosine between the tasks' latent directions, in [0, 1] (0: no shared signal, 1: identical)
+    task_correlation: float = 0.5
+    #: exponent of the Zipf distribution of ids over each table
     zipf_exponent: float = 1.1
 
     def __post_init__(self) -> None:

@@ -23,9 +23,9 @@ from typing import Literal, Optional, Sequence
 class TableConfig:
     """One embedding table: ``num_embeddings`` rows of ``dim`` floats."""
 
-    name: str
-    num_embeddings: int
-    dim: int
+    name: str  #: the table's name, used by features' table keys and by sharding.constraints
+    num_embeddings: int  #: rows (>= 1); an integer id maps to row id mod num_embeddings
+    dim: int  #: embedding width (>= 1)
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 1 or self.dim < 1:
@@ -43,12 +43,18 @@ class SparseFeature:
     column of per-id weights (a float for a scalar feature, a list<float> as long as the id
     list for a multi-valued one) for weighted pooling; ids without a weight weigh 1.0."""
 
+    #: the id column, which is also the feature's name
     name: str
+    #: the embedding table it looks up (a name in features.tables)
     table: str
+    #: the column holds a list of ids per row (pooled) instead of one id
     multi_valued: bool = False
+    #: how a row's ids are pooled; the features of one bag table must agree
     pooling: Literal["sum", "mean"] = "sum"
+    #: keep only the first max_len ids of a list (>= 1); null: keep all
     max_len: Optional[int] = None
-    weight_column: Optional[str] = None  # per-id weights: float (scalar) or list<float> (multi_valued)
+    #: column of per-id weights for weighted pooling: float, or list<float> when multi_valued; null: none
+    weight_column: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.max_len is not None and self.max_len < 1:
@@ -60,10 +66,10 @@ class SequenceFeature:
     """A behaviour sequence: column ``name`` holds a list<int64> ordered oldest → newest;
     the ``max_len`` most recent ids are kept. ``behavior`` tags its type (click, buy, …)."""
 
-    name: str
-    table: str
-    behavior: str
-    max_len: int
+    name: str  #: the list<int64> column, oldest id first
+    table: str  #: the embedding table it looks up (a name in features.tables)
+    behavior: str  #: the behaviour type (click, buy, ...) that conditions DTRN
+    max_len: int  #: keep the max_len most recent ids (>= 1)
 
     def __post_init__(self) -> None:
         if self.max_len < 1:
@@ -77,9 +83,13 @@ class TaskConfig:
     ``space`` names a binary task whose label gates this one: the task is trained and scored
     only on rows where that label is 1 (e.g. conversion only on clicks)."""
 
+    #: the task's name, which is also its label column
     name: str
+    #: binary (BCE loss, labels in [0, 1]) or regression (MSE loss)
     type: Literal["binary", "regression"] = "binary"
+    #: weight of this task's loss in the total loss
     weight: float = 1.0
+    #: another binary task whose label gates this one (trained and scored where it is 1); null: every row
     space: Optional[str] = None
 
 
@@ -90,10 +100,10 @@ class DenseNormalization:
     ``mean`` and ``std`` are statistics of the (log-transformed) training values, e.g. the
     ones ``python -m fusionrec.datasets.census`` writes into its ``stats.json``."""
 
-    mean: float = 0.0
-    std: float = 1.0
-    log: bool = False
-    clip: Optional[float] = None
+    mean: float = 0.0  #: subtracted after the log transform
+    std: float = 1.0  #: divides the value after mean is subtracted (> 0)
+    log: bool = False  #: first map x to sign(x)·log1p(|x|)
+    clip: Optional[float] = None  #: finally clip to [-clip, clip] (> 0); null: no clipping
 
     def __post_init__(self) -> None:
         if not self.std > 0:
@@ -111,12 +121,19 @@ class FeatureSchema:
     ``group_column`` an optional user / group id (integer or string) read into
     ``Batch.group_ids`` for group AUC, not a model input."""
 
+    #: the embedding tables (names unique)
     tables: list[TableConfig]
+    #: float columns fed to the model, normalised where normalization names them
     dense: list[str] = field(default_factory=list)
+    #: pooled id features
     sparse: list[SparseFeature] = field(default_factory=list)
+    #: behaviour sequences
     sequences: list[SequenceFeature] = field(default_factory=list)
+    #: column of per-row sample weights; null: every row weighs 1
     weight_column: Optional[str] = None
+    #: dense column name → its normalisation; dense columns not named are read as they are
     normalization: dict[str, DenseNormalization] = field(default_factory=dict)
+    #: user or group id column (integer or string) for GAUC, not a model input; null: none
     group_column: Optional[str] = None
 
     def __post_init__(self) -> None:

@@ -48,7 +48,7 @@ def _check_counts(counts: Union[int, list[int]], what: str) -> None:
 class SharedBottomConfig:
     """Every task reads the same concatenation of field embeddings (no task-specific bottom)."""
 
-    type: Literal["shared"] = "shared"
+    type: Literal["shared"] = "shared"  #: selects this bottom
 
 
 @dataclass
@@ -58,19 +58,30 @@ class DTRNConfig:
     All tables read by DTRN must share one embedding dim D.
     """
 
+    #: selects this bottom
     type: Literal["dtrn"] = "dtrn"
-    condition_dim: int = 8  # size of each task and behaviour-type embedding fed to the hypernetwork
-    hyper_hidden: int = 32  # hidden width of the hypernetwork that emits conditional-LN γ/β
-    num_layers: int = 1  # Transformer encoder layers (attention/FFN weights shared by all tasks/types)
+    #: size of each task and behaviour-type embedding fed to the hypernetwork (>= 1)
+    condition_dim: int = 8
+    #: hidden width of the hypernetwork that emits conditional-LN γ/β (>= 1)
+    hyper_hidden: int = 32
+    #: Transformer encoder layers, their attention/FFN weights shared by all tasks and types (>= 0)
+    num_layers: int = 1
+    #: attention heads (>= 1); must divide the embedding dim
     num_heads: int = 2
+    #: hidden width of the Transformer's feed-forward layer (>= 1)
     ffn_dim: int = 64
-    pooling: Literal["target", "mean"] = "target"  # target attention against the candidate, or masked mean
-    target_feature: Optional[str] = None  # candidate-item feature for target attention
-    trm_hidden: int = 64  # hidden width of each task's SENet-like refinement network
+    #: target: attention against the candidate item; mean: masked mean of the sequence
+    pooling: Literal["target", "mean"] = "target"
+    #: the candidate-item feature for target pooling (a sparse feature on a sequence table)
+    target_feature: Optional[str] = None
+    #: hidden width of each task's SENet-like refinement network (>= 1)
+    trm_hidden: int = 64
     # TRM field weights are trm_gate_scale · sigmoid(·): 2.0 centres an untrained TRM at weight 1
     # (fields pass at their own scale and can be amplified or damped); 1.0 is SENet's sigmoid.
+    #: the scale s of TRM's field weights s · sigmoid(·) (> 0)
     trm_gate_scale: float = 2.0
-    position_embedding: bool = True  # add a learned recency-position embedding to sequence items
+    #: add a learned recency-position embedding to sequence items
+    position_embedding: bool = True
 
     def __post_init__(self) -> None:
         if self.pooling == "target" and self.target_feature is None:
@@ -97,8 +108,11 @@ class SharedBottomFusionConfig:
     and the MLP runs once). ``hidden_dims: []`` makes it the identity.
     """
 
+    #: selects this fusion
     type: Literal["shared_bottom"] = "shared_bottom"
+    #: layer widths of the shared MLP ([]: the identity)
     hidden_dims: list[int] = field(default_factory=lambda: [64, 32])
+    #: activation after every layer
     activation: Activation = "relu"
 
     def __post_init__(self) -> None:
@@ -116,9 +130,13 @@ class MMoEConfig:
     per level.
     """
 
+    #: mmoe: exactly one fusion level; ml_mmoe: one or more
     type: Literal["mmoe", "ml_mmoe"] = "mmoe"
+    #: one entry per fusion level: an expert's width, or a list of its layer widths
     expert_dims: list[LevelDims] = field(default_factory=lambda: [[64, 32]])
+    #: experts per level: one count for every level, or one per level
     num_experts: Union[int, list[int]] = 4
+    #: activation after every expert layer
     activation: Activation = "relu"
 
     def __post_init__(self) -> None:
@@ -141,10 +159,15 @@ class PLEConfig:
     """PLE (Tang et al., RecSys 2020): per level, ``experts_per_task`` task experts per task
     (one int, or one per task) and ``shared_experts`` shared ones; one level is CGC."""
 
+    #: selects this fusion
     type: Literal["ple"] = "ple"
+    #: one entry per fusion level: an expert's width, or a list of its layer widths
     expert_dims: list[LevelDims] = field(default_factory=lambda: [64, 32])
+    #: task experts per task at every level: one count, or one per task
     experts_per_task: Union[int, list[int]] = 1
+    #: shared experts per level (>= 1)
     shared_experts: int = 1
+    #: activation after every expert layer
     activation: Activation = "relu"
 
     def __post_init__(self) -> None:
@@ -160,9 +183,13 @@ class CrossStitchConfig:
     learned T×T stitch matrix after every level, initialised to ``self_weight`` on the
     diagonal and ``(1 - self_weight) / (T - 1)`` elsewhere (the paper's 0.9 / 0.1 for T = 2)."""
 
+    #: selects this fusion
     type: Literal["cross_stitch"] = "cross_stitch"
+    #: one entry per fusion level: a column's width, or a list of its layer widths
     expert_dims: list[LevelDims] = field(default_factory=lambda: [64, 32])
+    #: initial diagonal of every stitch matrix
     self_weight: float = 0.9
+    #: activation after every column layer
     activation: Activation = "relu"
 
     def __post_init__(self) -> None:
@@ -179,11 +206,17 @@ class AdaTTConfig:
     like the task units (as in the authors' release); false makes it gate-only.
     """
 
+    #: adatt: task experts plus a shared fusion unit; adatt_sp: task experts only
     type: Literal["adatt", "adatt_sp"] = "adatt"
+    #: one entry per fusion level: an expert's width, or a list of its layer widths
     expert_dims: list[LevelDims] = field(default_factory=lambda: [64, 32])
+    #: task experts per task (m_t) at every level: one count, or one per task
     experts_per_task: Union[int, list[int]] = 2
+    #: experts of the shared unit (adatt only, >= 1); null: 1 for adatt, none for adatt_sp
     shared_experts: Optional[int] = None
+    #: the shared unit adds NativeExpertLF over its own experts; false: gate only
     shared_residual: bool = True
+    #: activation after every expert layer
     activation: Activation = "relu"
 
     def __post_init__(self) -> None:
@@ -210,10 +243,14 @@ FusionConfig = Union[
 class ModelConfig:
     """A bottom, a fusion module and per-task towers."""
 
+    #: what every task reads from the embeddings: shared or dtrn
     bottom: BottomConfig = field(default_factory=SharedBottomConfig)
+    #: the multi-task fusion between the bottom and the towers
     fusion: FusionConfig = field(default_factory=AdaTTConfig)
+    #: hidden widths of each task's tower; a linear logit layer follows
     tower_dims: list[int] = field(default_factory=lambda: [32])
-    activation: Activation = "relu"  # towers and DTRN (each fusion has its own)
+    #: activation of the towers and of DTRN (each fusion has its own)
+    activation: Activation = "relu"
 
     @property
     def name(self) -> str:

@@ -21,9 +21,13 @@ from fusionrec.sharding.config import ShardingConfig
 class OptimizerConfig:
     """``rowwise_adagrad`` is for sparse tables only (one accumulator per embedding row)."""
 
+    #: the algorithm; rowwise_adagrad is for sparse_optimizer only
     type: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
+    #: learning rate (> 0); for the dense optimizer, the peak that lr_schedule scales
     lr: float
+    #: weight decay passed to the optimizer (0: none)
     weight_decay: float = 0.0
+    #: the optimizer's epsilon term (sgd has none and ignores it)
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
@@ -37,8 +41,11 @@ class ScheduleConfig:
     ``decay`` (none | linear | cosine) down to ``min_lr_ratio`` × lr at the last step. The sparse
     optimizer keeps its own lr (row-wise Adagrad already adapts it per row)."""
 
+    #: steps of linear warm-up from lr / warmup_steps to lr (>= 0; 0: no warm-up)
     warmup_steps: int = 0
+    #: after warm-up: none keeps lr; linear or cosine reach min_lr_ratio × lr at the last step
     decay: Literal["none", "linear", "cosine"] = "none"
+    #: the last step's dense lr as a fraction of lr, in [0, 1]
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
@@ -51,9 +58,13 @@ class EarlyStoppingConfig:
     """Stop when ``metric`` of ``task`` on the eval data has not improved by ``min_delta`` for
     ``patience`` evaluations in a row (AUC: higher is better; the others: lower)."""
 
+    #: the task whose eval metric is watched
     task: str
+    #: auc, ne or logloss for a binary task; mse or mae for a regression task
     metric: Literal["auc", "ne", "logloss", "mse", "mae"] = "auc"
+    #: evaluations in a row without improvement after which training stops
     patience: int = 3
+    #: an improvement must beat the best value so far by more than this
     min_delta: float = 0.0
 
     @property
@@ -71,22 +82,39 @@ class TrainConfig:
     ``metrics_window`` is the number of samples in the windowed training metrics.
     """
 
+    #: optimizer of the embedding tables, fused into their backward
     sparse_optimizer: OptimizerConfig
+    #: optimizer of the dense layers (not rowwise_adagrad)
     dense_optimizer: OptimizerConfig
+    #: stop after this many steps (>= 1; at most epochs × steps per epoch); null: run all epochs
     max_steps: Optional[int] = None
+    #: passes over data.train (>= 1)
     epochs: int = 1
+    #: warm-up and decay of the dense learning rate
     lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    #: clip the global L2 norm of the dense gradients to this (> 0); null: no clipping
     grad_clip_norm: Optional[float] = None
+    #: bf16: run the dense forward under bf16 autocast (meant for GPUs)
     mixed_precision: Literal["none", "bf16"] = "none"
+    #: steps between training log lines (>= 1)
     log_every: int = 50
+    #: samples in the windowed training metrics (>= 1)
     metrics_window: int = 100_000
+    #: show a progress bar on rank 0 when stderr is a terminal
     progress_bar: bool = True
+    #: also write TensorBoard event files to RUN_DIR/tensorboard
     tensorboard: bool = False
+    #: score data.eval every this many steps (>= 0; 0: never)
     eval_every_n_steps: int = 0
+    #: at most this many batches per rank in each periodic evaluation; null: all of data.eval
     eval_max_batches: Optional[int] = None
+    #: stop when an eval metric stops improving (needs eval_every_n_steps > 0); null: never
     early_stopping: Optional[EarlyStoppingConfig] = None
+    #: seed of torch's random number generator on every rank (model initialisation)
     seed: int = 0
+    #: auto: CUDA with NCCL when a GPU is present, else CPU with gloo
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: timeout of every collective, in seconds (>= 1)
     process_group_timeout_s: int = 600
 
     def __post_init__(self) -> None:
@@ -110,8 +138,8 @@ class TrainConfig:
 class CheckpointConfig:
     """``every_n_steps``: 0 saves only at the end; ``keep_last``: older checkpoints are deleted."""
 
-    every_n_steps: int = 0
-    keep_last: int = 3
+    every_n_steps: int = 0  #: save every this many steps, and always at the end (>= 0; 0: only at the end)
+    keep_last: int = 3  #: how many of the newest checkpoints are kept; older ones are deleted (>= 1)
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0 or self.keep_last < 1:
@@ -120,21 +148,31 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: Optional[int] = None  # default: data.batch_size
+    #: rows per eval batch on each rank (periodic and offline evaluation); null: data.batch_size
+    batch_size: Optional[int] = None
 
 
 @dataclass
 class ExperimentConfig:
     """One experiment: data, schema, model, training, sharding, checkpoints, evaluation."""
 
+    #: the input columns and their embedding tables
     features: FeatureSchema
+    #: the tasks, in order; each task's label column is the column named after it
     tasks: list[TaskConfig]
+    #: bottom, fusion and per-task towers
     model: ModelConfig
+    #: optimizers, run length, logging and periodic evaluation
     train: TrainConfig
+    #: where the Parquet logs are and how they are batched
     data: DataConfig = field(default_factory=DataConfig)
+    #: how the embedding tables are planned onto ranks
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    #: when checkpoints are saved and how many are kept
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    #: evaluation settings
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: shape of the logs that python -m fusionrec.datasets.synthetic writes
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:

@@ -17,8 +17,11 @@ class TableConstraint:
     default keeps tables under 128 columns in one block).
     """
 
+    #: the sharding types the planner may choose from; null: any
     sharding_types: Optional[list[ShardingTypeName]] = None
+    #: the compute kernels the planner may choose from; null: any
     compute_kernels: Optional[list[KernelName]] = None
+    #: narrowest column block of a column_wise shard; null: TorchRec's default
     min_partition: Optional[int] = None
 
 
@@ -31,9 +34,13 @@ class ShardingConfig:
     memory the planner leaves for dense parameters, activations and buffers.
     """
 
+    #: table name → constraint on its plan; every name must be a table
     constraints: dict[str, TableConstraint] = field(default_factory=dict)
+    #: fraction of each rank's memory the planner leaves for the dense part, in [0, 1)
     storage_reservation: float = 0.15
+    #: device memory per rank, in GiB, that the planner assumes; null: read from the GPU
     hbm_gb: Optional[float] = None
+    #: host memory per rank, in GiB; null: the machine's memory split over its local ranks
     ddr_gb: Optional[float] = None
 
     def __post_init__(self) -> None:
