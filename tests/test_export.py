@@ -1,0 +1,228 @@
+"""Export and serve, for real: a 2-rank DCP checkpoint -> export (fp32 and int8 tables) ->
+load in a process where fusionrec and torchrec cannot be imported -> predict, compared row by
+row with ``evaluate --predictions`` on the same checkpoint; every fusion type exports exactly;
+bad arguments fail with one line; a killed export leaves nothing behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.jobs import CONFIG, evaluate, train
+from tests.launch import REPO, child_env, run
+
+pytestmark = pytest.mark.slow
+
+TASKS = ["click", "like", "convert"]
+EXPORT = [sys.executable, "-m", "fusionrec.pipeline.export", "--config", CONFIG]
+PREDICT = [sys.executable, "-m", "fusionrec.pipeline.predict"]
+LOADER = str(REPO / "tests" / "workers" / "load_artifact.py")
+INT8_AUC_BOUND = 0.002
+
+
+@pytest.fixture(scope="module")
+def served(demo_logs, tmp_path_factory):
+    """A 60-step 2-rank checkpoint, its fp32 and int8 exports, and evaluate's predictions."""
+    root = tmp_path_factory.mktemp("serve")
+    train(demo_logs, root / "run", 60)
+    exports = {}
+    for q in ("none", "int8"):
+        exports[q] = root / f"export-{q}"
+        run([*EXPORT, "--checkpoint", str(root / "run"), "--out", str(exports[q]), "--quantize", q])
+    evaluate(demo_logs, root / "run", root / "eval.json", "--predictions", str(root / "eval.parquet"), "--no-plots")
+    return {"root": root, "logs": demo_logs, "exports": exports, "eval": pq.read_table(root / "eval.parquet")}
+
+
+def _predict(served, q: str, name: str, *extra: str):
+    out = served["root"] / f"{name}.parquet"
+    proc = run([*PREDICT, "--model", str(served["exports"][q]), "--data", str(served["logs"] / "eval" / "*.parquet"),
+                "--out", str(out), *extra])
+    return pq.read_table(out), proc
+
+
+def _col(table, name):
+    return table.column(name).to_numpy()
+
+
+def _auc(table, task):
+    """The evaluator's own streaming AUC of one prediction column, inside the task's space."""
+    from fusionrec.pipeline.metrics import TaskMetrics
+
+    weights = _col(table, "weight")
+    if task == "convert":
+        weights = weights * (_col(table, "label_click") > 0.5)
+    m = TaskMetrics("binary")
+    m.update(torch.from_numpy(_col(table, f"prediction_{task}")), torch.from_numpy(_col(table, f"label_{task}")),
+             torch.from_numpy(weights.astype(np.float32)))
+    return m.compute()["auc"]
+
+
+def test_manifest_describes_the_artifact(served):
+    manifest = json.loads((served["exports"]["int8"] / "manifest.json").read_text())
+    assert manifest["format"] == "torchscript" and manifest["file"] == "model.pt" and manifest["quantize"] == "int8"
+    assert [t["name"] for t in manifest["tasks"]] == TASKS and manifest["tasks"][2]["space"] == "click"
+    assert [i["name"] for i in manifest["inputs"]] == ["dense", "sparse_values", "sparse_lengths",
+                                                       "sequence_values", "sequence_lengths"]  # no per-id weights
+    assert manifest["inputs"][1]["kjt_keys"] == ["user_id", "item_category", "user_tags"]
+    assert manifest["inputs"][3]["kjt_keys"] == ["click_seq", "like_seq", "buy_seq", "item_id"]
+    assert manifest["source"]["step"] == 60 and manifest["source"]["world_size"] == 2
+    ids = {f["column"]: f for f in manifest["features"]["ids"]}
+    assert ids["click_seq"]["max_len"] == 20 and ids["user_tags"]["pooling"] == "mean" and ids["user_id"]["num_embeddings"] == 20000
+    # int8 rows of dim 16: 16 bytes + fp16 scale and bias, packed: 20 of fp32's 64 bytes.
+    assert manifest["embedding_bytes"] == manifest["fp32_embedding_bytes"] * 20 // 64
+    fp32 = json.loads((served["exports"]["none"] / "manifest.json").read_text())
+    assert fp32["embedding_bytes"] == fp32["fp32_embedding_bytes"] == 72500 * 16 * 4
+    assert fp32["dense_bytes"] == manifest["dense_bytes"] > 0
+    assert sorted(p.name for p in served["exports"]["int8"].iterdir()) == [
+        "config.yaml", "example_inputs.pt", "example_outputs.pt", "manifest.json", "model.pt"]
+
+
+def test_fp32_predict_equals_evaluate_row_by_row(served):
+    reference = served["eval"]
+    for name, extra in (("pred-none", ()), ("pred-none-workers", ("--num-workers", "2", "--batch-size", "300"))):
+        got, proc = _predict(served, "none", name, *extra)
+        assert "rows/s" in proc.stdout
+        assert got.schema == reference.schema and got.num_rows == reference.num_rows == 8000
+        for column in ("row_id", "group_id", *[f"label_{t}" for t in TASKS], "weight"):
+            np.testing.assert_array_equal(_col(got, column), _col(reference, column), err_msg=f"{name}: {column}")
+        for task in TASKS:
+            diff = np.abs(_col(got, f"prediction_{task}") - _col(reference, f"prediction_{task}")).max()
+            assert diff <= 1e-5, f"{name}: {task} differs by {diff}"
+
+
+def test_int8_predictions_keep_the_auc(served):
+    reference = served["eval"]
+    got, _ = _predict(served, "int8", "pred-int8")
+    np.testing.assert_array_equal(_col(got, "row_id"), _col(reference, "row_id"))
+    for task in TASKS:
+        mad = np.abs(_col(got, f"prediction_{task}") - _col(reference, f"prediction_{task}")).mean()
+        auc_gap = abs(_auc(got, task) - _auc(reference, task))
+        assert 0 < mad < 0.01, f"{task}: mean |int8 - fp32| {mad}"  # > 0: the tables really are int8
+        assert auc_gap <= INT8_AUC_BOUND, f"{task}: int8 AUC moved by {auc_gap}"
+
+
+def test_loads_and_scores_without_fusionrec(served, tmp_path):
+    """A process that cannot import fusionrec or torchrec loads both exports, runs the example
+    inputs, and scores real reader batches of 1, 64 and 512 rows like evaluate did."""
+    from fusionrec.datasets.reader import ParquetReader
+    from fusionrec.pipeline import artifact
+
+    manifest = artifact.read_manifest(served["exports"]["none"])
+    schema = artifact.manifest_schema(manifest)
+    names = [i["name"] for i in manifest["inputs"]]
+    eval_files = sorted(str(p) for p in (served["logs"] / "eval").glob("*.parquet"))
+    batches, rows = [], []
+    start = 0
+    for size in (1, 64, 512):
+        reader = ParquetReader(eval_files, schema, size, drop_last=False)
+        batch = next(iter(reader))
+        batches.append(artifact.batch_inputs(batch, names))
+        rows.append(np.arange(size))  # every reader starts at row 0 of the eval files
+        start += size
+    torch.save(batches, tmp_path / "batches.pt")
+    reference = served["eval"]
+    for q in ("none", "int8"):
+        out = tmp_path / f"out-{q}.pt"
+        proc = subprocess.run([sys.executable, LOADER, str(served["exports"][q]), "--batches", str(tmp_path / "batches.pt"),
+                               "--out", str(out)], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["imported"] == [] and result["fusionrec_importable"] is False
+        assert result["example_shape"] == [64, 3] and result["example_max_abs_diff"] == 0.0
+        outputs = torch.load(out)
+        for r, pred in zip(rows, outputs):
+            expected = np.stack([_col(reference, f"prediction_{t}")[r] for t in TASKS], axis=1)
+            tolerance = 1e-5 if q == "none" else 0.05
+            assert pred.shape == expected.shape and np.abs(pred.numpy() - expected).max() <= tolerance, q
+
+
+FUSIONS = {
+    "adatt_sp": "{type: adatt_sp, expert_dims: [16, 8], experts_per_task: 2}",
+    "ple": "{type: ple, expert_dims: [16, 8], experts_per_task: 1, shared_experts: 1}",
+    "mmoe": "{type: mmoe, expert_dims: [[16, 8]], num_experts: 3}",
+    "ml_mmoe": "{type: ml_mmoe, expert_dims: [[16], [8]], num_experts: 3}",
+    "cross_stitch": "{type: cross_stitch, expert_dims: [16, 8]}",
+    "shared_bottom": "{type: shared_bottom, hidden_dims: [16]}",
+}
+VARIANTS = {
+    "demo (dtrn + adatt)": [],
+    **{f"dtrn + {name}": [f"model.fusion={spec}"] for name, spec in FUSIONS.items()},
+    "shared bottom + mmoe, weighted pooling": [
+        "model.bottom={type: shared}", f"model.fusion={FUSIONS['mmoe']}", "features.sparse.user_tags.weight_column=tag_weights"],
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_model_exports_exactly(variant):
+    """The fp32 export of each fusion (and of the shared bottom with weighted pooling) predicts
+    what the eager model predicts, at several batch sizes, from random weights."""
+    from fusionrec.models import build_model
+    from fusionrec.pipeline import artifact
+    from fusionrec.pipeline.export import compile_inference_model, eager_predictions, example_batch
+    from fusionrec.pipeline.job import load_job_config
+
+    cfg = load_job_config(CONFIG, VARIANTS[variant])
+    torch.manual_seed(0)
+    model = build_model(cfg.schema, cfg.model)
+    with torch.no_grad():  # tables at a trained scale, so that lookups matter
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    scripted, names, _ = compile_inference_model(model, cfg.schema, "none", example_batch(cfg.schema, 16))
+    assert ("sparse_weights" in names) == cfg.schema.features.weighted_pooling
+    for size, seed in ((1, 1), (37, 2), (256, 3)):
+        batch = example_batch(cfg.schema, size, seed=seed)
+        with torch.no_grad():
+            got = scripted(*artifact.batch_inputs(batch, names))
+        expected = eager_predictions(model, batch)
+        assert got.shape == (size, 3)
+        assert (got - expected).abs().max() <= 1e-5, f"{variant} at batch {size}"
+        assert expected.std() > 1e-3  # the comparison is not between two constants
+
+
+def test_bad_arguments_fail_with_one_line(served, tmp_path):
+    ckpt = str(served["root"] / "run")
+    cases = [
+        (["--checkpoint", ckpt, "--out", str(tmp_path / "a"), "--quantize", "int4"], "--quantize 'int4': unknown quantisation"),
+        (["--checkpoint", ckpt, "--out", str(served["exports"]["none"])], "exists and is not empty (pass --force"),
+        (["--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--set", "features.tables.user.num_embeddings=999"],
+         "table 'user' (model.ebc.embedding_bags.user.weight): checkpoint [20000, 16], model [999, 16]"),
+        (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")], "is neither a complete checkpoint"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([*EXPORT, *args], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    proc = subprocess.run([*PREDICT, "--model", str(tmp_path), "--data", "x", "--out", str(tmp_path / "p.parquet")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: not an exported model (no manifest.json)"
+
+
+def test_force_replaces_and_a_killed_export_leaves_nothing(served, tmp_path):
+    ckpt = str(served["root"] / "run")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    run([*EXPORT, "--checkpoint", ckpt, "--out", str(out), "--quantize", "fp16", "--force"])
+    assert not (out / "stale.txt").exists() and json.loads((out / "manifest.json").read_text())["quantize"] == "fp16"
+
+    target = tmp_path / "killed"
+    proc = subprocess.Popen([*EXPORT, "--checkpoint", ckpt, "--out", str(target)], cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(p.name.startswith(".tmp-killed") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.time() < deadline, "the export never started writing"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    run([*EXPORT, "--checkpoint", ckpt, "--out", str(target)])  # the next export clears the dead one's leftovers
+    assert (target / "model.pt").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
