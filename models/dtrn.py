@@ -7,8 +7,8 @@ Each task gets its own bottom representation in two steps:
   whose attention/FFN weights are shared by everything, but whose LayerNorms are conditional:
   a hypernetwork turns ``[task embedding_k; behaviour-type embedding_m]`` into the γ/β of each
   LayerNorm, so the hypernetwork is TIM's only source of task and behaviour-type conditioning.
-  The K·M encodings run as one batched pass (padding masked) and are pooled to one interest
-  vector per (task k, behaviour type m).
+  Each sequence is encoded at its own length (length buckets; empty sequences do no work) and
+  pooled to one interest vector per (task k, behaviour type m).
 * TRM (task-specific representation refinement): per task, a SENet-like network reads all the
   task's field embeddings at once (context aware) and emits one weight per field; the task's
   bottom is the concatenation of the reweighted fields.
@@ -43,7 +43,7 @@ from torch import nn
 from fusionrec.models.config import DTRNConfig
 from fusionrec.models.embeddings import sequence_mask
 from fusionrec.models.layers import GroupedMLP, activation_fn
-from fusionrec.models.transformer import ConditionalEncoderLayer, attention_bias
+from fusionrec.models.transformer import ConditionalEncoderLayer, key_padding_mask
 
 # Scale of the hypernetwork's output layer at init: γ starts near 1 and β near 0, so an
 # untrained TIM behaves like a plain Transformer while every parameter still gets a gradient.
@@ -97,12 +97,67 @@ class LayerNormHypernetwork(nn.Module):
         return raw + self.identity
 
 
+# Fixed cost of one per-length encoder pass, in padded positions: the bucket plan pads a few
+# rows more rather than launch another pass for them (see ``length_buckets``).
+_BUCKET_OVERHEAD_POSITIONS = 128
+
+
+def length_buckets(counts: Sequence[int], overhead: int = _BUCKET_OVERHEAD_POSITIONS) -> list[tuple[int, int]]:
+    """Split sequence lengths into contiguous ranges, each encoded at its longest length.
+
+    ``counts[l]`` is the number of sequences of length l (index 0, the empty ones, is ignored).
+    Minimises ``Σ_g (sequences in g · longest length in g + overhead)`` exactly, by dynamic
+    programming over the lengths that occur.
+
+    Returns:
+        [(lo, hi)] in increasing order: bucket g holds the sequences with lo < length <= hi.
+    """
+    present = [length for length in range(1, len(counts)) if counts[length] > 0]
+    if not present:
+        return []
+    below = [0]  # below[j]: sequences shorter than or equal to present[j-1]
+    for length in present:
+        below.append(below[-1] + counts[length])
+    best, cut = [0.0], [0]
+    for j, hi in enumerate(present, start=1):
+        choice = min(range(j), key=lambda i: best[i] + (below[j] - below[i]) * hi)
+        best.append(best[choice] + (below[j] - below[choice]) * hi + overhead)
+        cut.append(choice)
+    buckets, j = [], len(present)
+    while j > 0:
+        i = cut[j]
+        buckets.append((present[i - 1] if i > 0 else 0, present[j - 1]))
+        j = i
+    return buckets[::-1]
+
+
+@torch.fx.wrap
+def _interests(
+    tim: "TaskInterestModule",
+    sequences: list[torch.Tensor],
+    lengths: list[torch.Tensor],
+    target: Optional[torch.Tensor],
+) -> torch.Tensor:
+    # One opaque call under fx tracing: the per-length plan reads the lengths on the host.
+    return tim.encode(sequences, lengths, target)
+
+
 class TaskInterestModule(nn.Module):
     """TIM: K·M conditioned encodings of the M behaviour sequences, pooled to interests.
 
     Pooling ``target``: ``softmax(H q / sqrt(D)) H`` over valid positions, with
     ``q = W_t e_target`` (a shared learned linear of the candidate item embedding).
     Pooling ``mean``: masked mean over valid positions. An empty sequence gives a zero interest.
+
+    Two ways to compute the same thing (equal to float rounding):
+
+    * per length (``per_length=True``; the default on CPU): the non-empty sequences of all M
+      features are grouped into a few length buckets (:func:`length_buckets`), and each bucket
+      is encoded at its own longest length, with a boolean key mask, or none when all its
+      sequences have that length. Empty sequences do no work. The plan reads the lengths on the
+      host, which is free on CPU and a device sync elsewhere.
+    * padded (``per_length=False``; the default on other devices): one batched pass over every
+      sequence padded to the longest ``max_len``, with a boolean key mask; no host sync.
     """
 
     def __init__(
@@ -113,9 +168,12 @@ class TaskInterestModule(nn.Module):
         dim: int,
         cfg: DTRNConfig,
         activation: str = "relu",
+        per_length: Optional[bool] = None,
     ) -> None:
         super().__init__()
         self.num_tasks, self.max_len, self.dim, self.pooling = num_tasks, max_len, dim, cfg.pooling
+        self.per_length = per_length
+        self.bucket_overhead = _BUCKET_OVERHEAD_POSITIONS
         self.hyper = LayerNormHypernetwork(
             num_tasks, behaviors, cfg.condition_dim, cfg.hyper_hidden, cfg.num_layers, dim, activation
         )
@@ -131,44 +189,141 @@ class TaskInterestModule(nn.Module):
         self.register_buffer("positions", torch.arange(max_len), persistent=False)
 
     def forward(
-        self, sequences: torch.Tensor, lengths: torch.Tensor, target: Optional[torch.Tensor] = None
+        self,
+        sequences: list[torch.Tensor],
+        lengths: list[torch.Tensor],
+        target: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
-            sequences: [B, M, L, D] item embeddings, right-padded, oldest → newest.
-            lengths: [B, M] valid lengths (0 ≤ length ≤ L).
+            sequences: M × [B, L_m, D] item embeddings, right-padded, oldest → newest
+                (L_m <= ``max_len``).
+            lengths: M × [B] valid lengths (0 <= length <= L_m).
             target: [B, D] candidate item embedding (pooling ``target`` only).
 
         Returns:
             [B, K, M, D] interest of each task in each behaviour sequence.
         """
-        lengths = lengths.to(self.positions.dtype)
-        valid = sequence_mask(lengths, self.max_len)  # [B, M, L]
-        x = sequences
-        if self.position is not None:
-            recency = (lengths.unsqueeze(-1) - 1 - self.positions).clamp(min=0)
-            x = x + self.position(recency)
-        mask = attention_bias(valid).unsqueeze(1)  # [B, 1, M, L]
-        ln_params = self.hyper()  # [layers, 4, K, M, D]
+        return _interests(self, sequences, lengths, target)
+
+    def encode(
+        self, sequences: list[torch.Tensor], lengths: list[torch.Tensor], target: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``forward`` outside fx: picks the per-length or the padded computation."""
+        if self.target_proj is not None and target is None:
+            raise ValueError("pooling 'target' needs the target embedding")
+        per_length = self.per_length
+        if per_length is None:
+            per_length = sequences[0].device.type == "cpu"
+        n = [length.to(self.positions.dtype).clamp(max=s.shape[1]) for s, length in zip(sequences, lengths)]
+        if per_length:
+            return self.encode_per_length(sequences, n, target)
+        return self.encode_padded(sequences, n, target)
+
+    def _pool(self, h: torch.Tensor, keep: Optional[torch.Tensor], n: torch.Tensor, q: Optional[torch.Tensor]) -> torch.Tensor:
+        """Pool encodings h [..., K, N, L, D] over L: keep [..., 1, N, L] bool (None = all
+        positions), n [..., 1, N] lengths, q [..., 1, N, D] pooling queries → [..., K, N, D]."""
+        # Elementwise products and sums: as einsums these are K·N matrix products of one row or
+        # one column each, slower on CPU at these sizes.
+        if q is not None:
+            scores = (h * q.unsqueeze(-2)).sum(dim=-1) / math.sqrt(self.dim)  # [..., K, N, L]
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            return (torch.softmax(scores, dim=-1).unsqueeze(-1) * h).sum(dim=-2)
+        if keep is None:
+            return h.mean(dim=-2)
+        pooled = (keep.to(h.dtype).unsqueeze(-1) * h).sum(dim=-2)
+        return pooled / n.clamp(min=1).to(h.dtype).unsqueeze(-1)
+
+    def _encode(self, x: torch.Tensor, keep: Optional[torch.Tensor], ln_params: torch.Tensor) -> torch.Tensor:
+        """The encoder layers: x [B', 1, N, L, D], keep [B', 1, N, L] bool or None, ln_params
+        [layers, 4, K, N, D] → [B', K, N, L, D]."""
         # Post-LN: the first attention reads task-independent input, so it runs once per
-        # (sample, sequence) on a size-1 task axis; the conditional LNs broadcast it to K.
-        h = x.unsqueeze(1)  # [B, 1, M, L, D]
+        # sequence on a size-1 task axis; the conditional LNs broadcast it to K.
+        h = x
         for i, layer in enumerate(self.layers):
-            h = layer(h, mask, ln_params[i])  # [B, K, M, L, D]
+            h = layer(h, keep, ln_params[i])
         if len(self.layers) == 0:
             h = h.expand(-1, self.num_tasks, -1, -1, -1)
-        nonempty = (lengths > 0).to(h.dtype).unsqueeze(1).unsqueeze(-1)  # [B, 1, M, 1]
-        if self.target_proj is not None:
-            if target is None:
-                raise ValueError("pooling 'target' needs the target embedding")
-            q = self.target_proj(target)  # [B, D]
-            scores = torch.einsum("bkmld,bd->bkml", h, q) / math.sqrt(self.dim) + mask.to(h.dtype)
-            pooled = torch.einsum("bkml,bkmld->bkmd", torch.softmax(scores, dim=-1), h)
-        else:
-            weights = valid.to(h.dtype).unsqueeze(1)  # [B, 1, M, L]
-            pooled = torch.einsum("bkml,bkmld->bkmd", weights, h)
-            pooled = pooled / lengths.clamp(min=1).to(h.dtype).unsqueeze(1).unsqueeze(-1)
+        return h
+
+    def _add_positions(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """x [..., L, D] + the recency embedding of each position, for lengths n [...]."""
+        if self.position is None:
+            return x
+        recency = (n.unsqueeze(-1) - 1 - self.positions[: x.shape[-2]]).clamp(min=0)
+        return x + self.position(recency)
+
+    def encode_padded(
+        self, sequences: list[torch.Tensor], lengths: list[torch.Tensor], target: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Every sequence padded to ``max_len``, one batched pass → [B, K, M, D]."""
+        L = self.max_len
+        x = torch.stack([F.pad(s, (0, 0, 0, L - s.shape[1])) for s in sequences], dim=1)  # [B, M, L, D]
+        n = torch.stack(lengths, dim=1)  # [B, M]
+        valid = sequence_mask(n, L)  # [B, M, L]
+        x = self._add_positions(x, n)
+        keep = key_padding_mask(valid).unsqueeze(1)  # [B, 1, M, L]
+        h = self._encode(x.unsqueeze(1), keep, self.hyper())  # [B, K, M, L, D]
+        q = None if self.target_proj is None else self.target_proj(target)[:, None, None, :]  # [B, 1, 1, D]
+        pooling_keep = keep if q is not None else valid.unsqueeze(1)
+        pooled = self._pool(h, pooling_keep, n.unsqueeze(1), q)  # [B, K, M, D]
+        nonempty = (n > 0).to(h.dtype).unsqueeze(1).unsqueeze(-1)  # [B, 1, M, 1]
         return pooled * nonempty
+
+    def encode_per_length(
+        self, sequences: list[torch.Tensor], lengths: list[torch.Tensor], target: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Non-empty sequences in length buckets, each encoded at its longest length → [B, K, M, D]."""
+        B, M, K, D = sequences[0].shape[0], len(sequences), self.num_tasks, self.dim
+        n = torch.stack(lengths, dim=1)  # [B, M]
+        counts = torch.bincount(n.flatten().cpu(), minlength=self.max_len + 1).tolist()
+        buckets = length_buckets(counts, self.bucket_overhead)
+        if not buckets:
+            # Every sequence is empty: the padded pass keeps every parameter in the graph.
+            return self.encode_padded(sequences, lengths, target)
+        ln_params = self.hyper()  # [layers, 4, K, M, D]
+        q_all = None if self.target_proj is None else self.target_proj(target)  # [B, D]
+        his = [hi for _, hi in buckets]
+        edges = torch.tensor([0, *his], dtype=n.dtype, device=n.device)
+        members: list[list[tuple[torch.Tensor, torch.Tensor, int]]] = [[] for _ in buckets]
+        for m, seq in enumerate(sequences):
+            # One gather per feature, its non-empty rows shortest first; each bucket then takes a
+            # contiguous chunk, so the backward scatters into one zero tensor per feature.
+            order = torch.argsort(n[:, m], stable=True)
+            ends = torch.searchsorted(n[order, m], edges, right=True).tolist()
+            if ends[-1] == ends[0]:
+                continue
+            order = order[ends[0] :]
+            sizes = [b - a for a, b in zip(ends[:-1], ends[1:])]
+            for g, (part, r) in enumerate(zip(seq.index_select(0, order).split(sizes), order.split(sizes))):
+                if r.numel() == 0:
+                    continue
+                if his[g] < part.shape[1]:
+                    part = part[:, : his[g]]
+                elif his[g] > part.shape[1]:
+                    part = F.pad(part, (0, 0, 0, his[g] - part.shape[1]))
+                members[g].append((part, r, m))
+        rows, feats, pooled = [], [], []
+        for hi, bucket in zip(his, members):
+            r = torch.cat([rm for _, rm, _ in bucket])  # [N]
+            f = torch.cat([torch.full_like(rm, m) for _, rm, m in bucket])  # [N]
+            x = torch.cat([part for part, _, _ in bucket]) if len(bucket) > 1 else bucket[0][0]  # [N, hi, D]
+            nb = n[r, f]  # [N]
+            x = self._add_positions(x, nb)
+            keep = None
+            if bool((nb < hi).any()):
+                keep = sequence_mask(nb, hi).unsqueeze(0).unsqueeze(0)  # [1, 1, N, hi]
+            h = self._encode(x.unsqueeze(0).unsqueeze(0), keep, ln_params[:, :, :, f])  # [1, K, N, hi, D]
+            q = None if q_all is None else q_all.index_select(0, r).unsqueeze(0).unsqueeze(0)  # [1, 1, N, D]
+            pooled.append(self._pool(h, keep, nb.view(1, 1, -1), q)[0])  # [K, N, D]
+            rows.append(r)
+            feats.append(f)
+        out = sequences[0].new_zeros(B, K, M, D)
+        out = out.index_put(
+            (torch.cat(rows), torch.arange(K, device=out.device).unsqueeze(1), torch.cat(feats)), torch.cat(pooled, dim=1)
+        )
+        return out
 
 
 class TaskRefinementModule(nn.Module):
@@ -263,9 +418,8 @@ class DTRN(nn.Module):
         if shared:
             parts.append(torch.stack(shared, dim=1).unsqueeze(1).expand(-1, self.num_tasks, -1, -1))
         if self.tim is not None:
-            padded = [F.pad(s, (0, 0, 0, self.max_len - n)) for s, n in zip(sequences, self.sequence_max_lens)]
             target = fields[self.target_index] if self.target_index is not None else None
-            parts.append(self.tim(torch.stack(padded, dim=1), torch.stack(lengths, dim=1), target))
+            parts.append(self.tim(sequences, lengths, target))
         return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
     def forward(

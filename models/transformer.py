@@ -6,32 +6,29 @@ come from outside (a hypernetwork), one pair per (task, behaviour type).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fusionrec.models.layers import activation_fn
 
-# Additive attention-mask value for padded keys. Finite, so softmax never sees a row of -inf;
-# callers also keep at least one key per row unmasked (see ``attention_bias``).
-MASK_VALUE = -1e9
 
+def key_padding_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Boolean key mask from a validity mask, for ``scaled_dot_product_attention``.
 
-def attention_bias(valid: torch.Tensor) -> torch.Tensor:
-    """Additive key mask from a validity mask.
-
-    Position 0 is always left unmasked: for a non-empty, right-padded row it is valid anyway,
-    and for an empty row it makes attention well defined (it reads the zero padding there), so
-    no softmax row is entirely masked. Callers zero the pooled result of empty rows.
+    Position 0 is always kept: for a non-empty, right-padded row it is valid anyway, and for an
+    empty row it makes attention well defined (it reads the zero padding there), so no softmax
+    row is entirely masked. Callers zero the pooled result of empty rows.
 
     Args:
         valid: [..., L] bool, True at real (non-padding) positions.
 
     Returns:
-        [..., L] float32: 0 where attended, ``MASK_VALUE`` elsewhere.
+        [..., L] bool: True where attended.
     """
-    keep = torch.cat([torch.ones_like(valid[..., :1]), valid[..., 1:]], dim=-1)
-    return torch.where(keep, 0.0, MASK_VALUE).to(torch.float32)
+    return torch.cat([torch.ones_like(valid[..., :1]), valid[..., 1:]], dim=-1)
 
 
 def conditional_layer_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -40,14 +37,15 @@ def conditional_layer_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Ten
     Shapes: x [..., D]; gamma, beta broadcastable to x (e.g. [K, M, 1, D] against
     [B, K, M, L, D]). Returns the broadcast shape.
     """
-    return F.layer_norm(x, (x.shape[-1],), eps=eps) * gamma + beta
+    return torch.addcmul(beta, F.layer_norm(x, (x.shape[-1],), eps=eps), gamma)
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention over [N, L, D] with an additive key mask.
+    """Multi-head self-attention over [N, L, D] with an optional boolean key mask.
 
-    ``softmax(Q Kᵀ / sqrt(d_h) + mask) V`` per head (``F.scaled_dot_product_attention``),
-    heads concatenated and projected.
+    ``softmax(Q Kᵀ / sqrt(d_h)) V`` per head over the kept keys
+    (``F.scaled_dot_product_attention``), heads concatenated and projected. A boolean mask (or
+    none, when every key is real) lets SDPA take its fused kernels.
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -58,12 +56,12 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [N, L, D], mask [N, L] additive float → [N, L, D]."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [N, L, D], mask [N, L] bool (True = attend) or None (all keys) → [N, L, D]."""
         L, H, Dh = x.shape[1], self.num_heads, self.head_dim
         qkv = self.qkv(x).view(-1, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # [3, N, H, L, Dh]
-        bias = mask.to(qkv.dtype)[:, None, None, :]  # [N, 1, 1, L], broadcast over heads and queries
-        attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        keep = None if mask is None else mask[:, None, None, :]  # [N, 1, 1, L], broadcast over heads and queries
+        attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep)
         return self.out(attn.transpose(1, 2).reshape(-1, L, self.dim))
 
 
@@ -83,20 +81,20 @@ class ConditionalEncoderLayer(nn.Module):
         self.ffn_out = nn.Linear(ffn_dim, dim)
         self._act = activation_fn(activation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, ln_params: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], ln_params: torch.Tensor) -> torch.Tensor:
         """
         Args:
             x: [B, K', M, L, D] with K' = K or 1 (shared across tasks).
-            mask: [B, 1, M, L] additive key mask.
+            mask: [B, 1, M, L] bool key mask (True = attend), or None when every key is real.
             ln_params: [4, K, M, D] = (γ₁, β₁, γ₂, β₂) for each (task, behaviour type).
 
         Returns:
             [B, K, M, L, D].
         """
         L, D = x.shape[-2], x.shape[-1]
-        flat_mask = mask.expand(-1, x.shape[1], -1, -1).reshape(-1, L)
+        flat_mask = None if mask is None else mask.expand(-1, x.shape[1], -1, -1).reshape(-1, L)
         a = self.attention(x.reshape(-1, L, D), flat_mask).view(x.shape)
-        p = ln_params.unsqueeze(3)  # [4, K, M, 1, D], broadcasts over B and L
-        h = conditional_layer_norm(x + a, p[0], p[1])
+        g1, b1, g2, b2 = ln_params.unsqueeze(3).unbind(0)  # [K, M, 1, D] each, broadcast over B and L
+        h = conditional_layer_norm(x + a, g1, b1)
         f = self.ffn_out(self._act(self.ffn_in(h)))
-        return conditional_layer_norm(h + f, p[2], p[3])
+        return conditional_layer_norm(h + f, g2, b2)

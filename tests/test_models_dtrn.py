@@ -9,6 +9,7 @@ from fusionrec.datasets.schema import FeatureSchema, Schema, SequenceFeature, Sp
 from fusionrec.models.bottoms import SharedBottom, build_bottom
 from fusionrec.models.config import DTRNConfig, ModelConfig
 from fusionrec.models.dtrn import DTRN
+from fusionrec.models.embeddings import sequence_mask
 from fusionrec.models.transformer import conditional_layer_norm
 
 B, K, D, DD, P = 3, 2, 8, 3, 2
@@ -263,3 +264,131 @@ def test_trm_gate_scale():
     torch.testing.assert_close(model.trm.field_weights(fields), weights / 2)
     with pytest.raises(ValueError, match="trm_gate_scale"):
         DTRNConfig(pooling="mean", trm_gate_scale=0.0)
+
+
+# --------------------------------------------------------------- per-length TIM = padded TIM
+
+
+def _random_inputs(batch, max_lens, seed, garbage=True):
+    """Random DTRN inputs: lengths drawn in 0..max_len with empty and full rows forced in, and
+    random (not zero) values past each length."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(batch, DD, generator=g)
+    fields = [torch.randn(batch, D, generator=g) for _ in range(P)]
+    sequences, lengths = [], []
+    for m, n_max in enumerate(max_lens):
+        n = torch.randint(0, n_max + 1, (batch,), generator=g)
+        n[m % batch] = 0
+        n[(m + 1) % batch] = n_max
+        s = torch.randn(batch, n_max, D, generator=g)
+        if not garbage:
+            s = s * sequence_mask(n, n_max).unsqueeze(-1)
+        sequences.append(s)
+        lengths.append(n)
+    return dense, fields, sequences, lengths
+
+
+def _forward_and_grads(model, inputs):
+    dense, fields, sequences, lengths = inputs
+    leaves = [t.clone().requires_grad_(True) for t in [dense, *fields, *sequences]]
+    out = model(leaves[0], leaves[1 : 1 + P], leaves[1 + P :], lengths)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    model.zero_grad()
+    (out * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out.detach(), grads, [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("pooling", ["target", "mean"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("overhead", [0, None, 10**9], ids=["exact-lengths", "default", "one-bucket"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_length_tim_equals_padded(pooling, num_layers, overhead, seed):
+    """Forward outputs, every parameter gradient and the input gradients agree; 0 overhead
+    gives one bucket per length (no mask), a huge one a single masked bucket.
+
+    Each tensor agrees to ``tol`` times its largest entry (at least 1): float32 1e-6 (a
+    parameter gradient sums over the whole batch, entries up to ~20 here); float64 1e-12, so
+    the two differ only by summation order."""
+    for dtype, tol in [(torch.float32, 1e-6), (torch.float64, 1e-12)]:
+        model = _make(pooling, num_layers=num_layers, seed=seed).to(dtype)
+        if overhead is not None:
+            model.tim.bucket_overhead = overhead
+        inputs = _random_inputs(16, MAX_LENS, seed=seed)
+        inputs = (inputs[0].to(dtype), [f.to(dtype) for f in inputs[1]], [s.to(dtype) for s in inputs[2]], inputs[3])
+        model.tim.per_length = False
+        padded = _forward_and_grads(model, inputs)
+        model.tim.per_length = True
+        per_length = _forward_and_grads(model, inputs)
+        def close(actual, expected, msg=None):
+            scale = max(1.0, expected.abs().max().item())
+            torch.testing.assert_close(actual, expected, rtol=0, atol=tol * scale, msg=msg)
+
+        close(per_length[0], padded[0])
+        assert padded[1].keys() == per_length[1].keys()
+        for name, g in padded[1].items():
+            close(per_length[1][name], g, msg=name)
+        for a, b in zip(per_length[2], padded[2]):
+            close(a, b)
+        for m, n in enumerate(inputs[3]):  # no gradient reaches the padding
+            assert torch.all(per_length[2][1 + P + m][~sequence_mask(n, MAX_LENS[m])] == 0)
+
+
+def test_per_length_tim_is_the_cpu_default_and_all_empty_falls_back():
+    model = _make("target")
+    assert model.tim.per_length is None  # auto: per length on CPU, padded elsewhere
+    inputs = _random_inputs(4, MAX_LENS, seed=3)
+    empty = (inputs[0], inputs[1], inputs[2], [torch.zeros_like(n) for n in inputs[3]])
+    out = model(*empty)
+    assert torch.all(model.task_fields(*empty)[:, :, -len(BEHAVIORS) :] == 0)
+    out.sum().backward()
+    for name, p in model.named_parameters():  # every parameter stays in the graph
+        assert p.grad is not None, name
+
+
+def test_length_buckets_is_optimal_and_covers_every_length():
+    import itertools
+
+    from fusionrec.models.dtrn import length_buckets
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        counts = torch.randint(0, 4, (9,), generator=g).tolist()
+        overhead = [0, 3, 8, 50][trial % 4]
+        buckets = length_buckets(counts, overhead)
+        present = [length for length in range(1, 9) if counts[length]]
+        covered = [length for lo, hi in buckets for length in range(lo + 1, hi + 1) if counts[length]]
+        assert covered == present and all(counts[hi] for _, hi in buckets)
+
+        def cost(bs):
+            return sum(sum(counts[lo + 1 : hi + 1]) * hi + overhead for lo, hi in bs)
+
+        best = math.inf  # brute force over every split of the present lengths
+        for k in range(len(present)):
+            for cuts in itertools.combinations(range(1, len(present)), k):
+                ends = [present[c - 1] for c in cuts] + present[-1:]
+                starts = [0] + ends[:-1]
+                best = min(best, cost(list(zip(starts, ends))))
+        assert cost(buckets) == (best if present else 0)
+    assert length_buckets([5, 0, 0]) == []
+
+
+def test_per_length_tim_fx_traces():
+    """Traced as ``MultiTaskModel`` calls it (Python lists of tensors): one opaque TIM call,
+    equal to eager."""
+    import torchrec.fx
+
+    class Caller(torch.nn.Module):
+        def __init__(self, dtrn):
+            super().__init__()
+            self.dtrn = dtrn
+
+        def forward(self, dense, f0, f1, s0, s1, s2, n0, n1, n2):
+            return self.dtrn(dense, [f0, f1], [s0, s1, s2], [n0, n1, n2])
+
+    caller = Caller(_make("target"))
+    dense, fields, sequences, lengths = _random_inputs(8, MAX_LENS, seed=4)
+    args = (dense, *fields, *sequences, *lengths)
+    gm = torchrec.fx.symbolic_trace(caller)
+    assert any(n.op == "call_function" and n.target.__name__ == "_interests" for n in gm.graph.nodes)
+    torch.testing.assert_close(gm(*args), caller(*args), rtol=0, atol=0)
