@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from tests.launch import REPO, run, torchrun
 
 CONFIG = str(REPO / "configs/demo.yaml")
@@ -39,3 +41,32 @@ def read_log(run_dir: Path) -> list[dict]:
 
 def meta(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "meta.json").read_text())
+
+
+def checkpoint_tensors(checkpoint: Path, scratch: Path) -> dict:
+    """Every tensor of a DCP checkpoint (model, optimizers), whole, read in this process."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = scratch / f"{checkpoint.parent.parent.name}-{checkpoint.name}.pt"
+    dcp_to_torch_save(str(checkpoint), str(out))
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, torch.Tensor):
+            flat[prefix] = value
+
+    walk("", torch.load(out, weights_only=False))
+    return flat
+
+
+def assert_same_training(a: Path, b: Path, scratch: Path) -> None:
+    """Checkpoints ``a`` and ``b`` hold the same model and optimizer state (every tensor, to
+    float tolerance): the runs trained the same batches in the same order."""
+    ta, tb = checkpoint_tensors(a, scratch), checkpoint_tensors(b, scratch)
+    assert sorted(ta) == sorted(tb)
+    assert any(k.startswith("model.ebc.") for k in ta) and any(k.startswith("optimizer.") for k in ta)
+    for key in ta:
+        torch.testing.assert_close(tb[key], ta[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")

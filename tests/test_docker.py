@@ -421,8 +421,11 @@ def test_cluster_doc_plan_commands_parse():
 @pytest.mark.slow
 def test_entrypoint_two_nodes_meet_at_the_c10d_rendezvous(tmp_path):
     """Two "nodes" on loopback, each the entrypoint with its own NODE_RANK and the real
-    torchrun: node 0 hosts the c10d store, node 1 joins it, and they train one 2-rank job."""
+    torchrun: node 0 hosts the c10d store, node 1 joins it, and they train one 2-rank job —
+    the same model and optimizer state as a single-node 2-rank run of the same steps."""
+    from tests.jobs import assert_same_training
     from tests.launch import child_env, free_port, run
+    from tests.launch import torchrun as single_node
 
     data, run_dir = tmp_path / "data", tmp_path / "run"
     run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", "configs/demo.yaml", "--out", str(data),
@@ -435,7 +438,7 @@ def test_entrypoint_two_nodes_meet_at_the_c10d_rendezvous(tmp_path):
         "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ID": "two-nodes", "RDZV_JOIN_TIMEOUT": "120",
     }  # fmt: skip
     args = ["-m", "fusionrec.pipeline.train", "--config", "configs/demo.yaml", "--train-data", str(data / "train"),
-            "--run-dir", str(run_dir), "--max-steps", "2", "--set", "data.batch_size=64"]  # fmt: skip
+            "--run-dir", str(run_dir), "--max-steps", "4", "--set", "data.batch_size=64"]  # fmt: skip
     nodes = [
         subprocess.Popen(
             [str(ENTRYPOINT), *args], cwd=REPO, env=base | {"NODE_RANK": str(rank)},
@@ -454,4 +457,7 @@ def test_entrypoint_two_nodes_meet_at_the_c10d_rendezvous(tmp_path):
     for rank, (node, out) in enumerate(zip(nodes, outputs)):
         assert node.returncode == 0, f"node {rank}:\n{out}"
     assert "on 2 rank(s)" in outputs[0] + outputs[1]
-    assert (run_dir / "checkpoints/step_00000002/meta.json").is_file()
+    assert (run_dir / "checkpoints/step_00000004/meta.json").is_file()
+    one_node = tmp_path / "one_node"
+    single_node([*args[:args.index("--run-dir") + 1], str(one_node), *args[args.index("--run-dir") + 2:]], nproc=2)
+    assert_same_training(one_node / "checkpoints/step_00000004", run_dir / "checkpoints/step_00000004", tmp_path)
