@@ -181,6 +181,15 @@ class ExperimentConfig:
         unknown = sorted(set(self.sharding.constraints) - set(tables))
         if unknown:
             raise ValueError(f"sharding.constraints names unknown table(s) {unknown}; tables: {tables}")
+        for table in self.features.sequence_tables:
+            types = self.sharding.constraints.get(table)
+            if types is not None and "data_parallel" in (types.sharding_types or []):
+                # TorchRec 1.8's data-parallel EmbeddingCollection fails in the forward
+                # (split_with_sizes); bag tables are fine.
+                raise ValueError(
+                    f"sharding.constraints.{table}.sharding_types: data_parallel is not supported for a sequence "
+                    f"table (one a behaviour sequence uses); use table_wise, row_wise or column_wise"
+                )
         stopping = self.train.early_stopping
         if stopping is not None:
             task = next((t for t in self.tasks if t.name == stopping.task), None)

@@ -48,20 +48,21 @@ class GroupAUC:
     """Collects (group, prediction, label) of one binary task for :func:`group_auc`."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.parts: list[tuple[torch.Tensor, ...]] = []
 
     def update(self, groups: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
-        keep = (weights > 0).cpu().numpy()
-        self.parts.append(
-            (
-                groups.cpu().numpy()[keep].astype(np.int64),
-                predictions.detach().float().cpu().numpy()[keep],
-                (labels.cpu().numpy()[keep] > 0.5).astype(np.uint8),
-            )
-        )
+        """[N] tensors on any device; kept there (no host sync per batch) until :meth:`compute`."""
+        self.parts.append((groups.long(), predictions.detach().float(), labels > 0.5, weights > 0))
+
+    def _host_columns(self) -> list[np.ndarray]:
+        """(group ids int64, predictions float32, labels uint8) of the kept rows, on the host."""
+        if not self.parts:
+            return [np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.uint8)]
+        groups, predictions, labels, keep = (torch.cat(c).cpu() for c in zip(*self.parts))
+        return [groups[keep].numpy(), predictions[keep].numpy(), labels[keep].numpy().astype(np.uint8)]
 
     def compute(self) -> tuple[float, int]:
-        columns = [np.concatenate(c) if self.parts else np.zeros(0) for c in zip(*self.parts)] or [np.zeros(0)] * 3
+        columns = self._host_columns()
         if is_multi_rank():
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, columns)

@@ -14,6 +14,10 @@ Every metric is kept as sums, so memory is fixed whatever the size of the eval s
 Sample weights multiply every contribution; rows with weight 0 (padding, or outside a
 task's space) do not count.
 
+The sums live on the device the predictions come from (``device``), so scoring on a GPU makes
+no host copy per batch; :meth:`TaskMetrics.finish` all-reduces them once and moves them to the
+host, after which ``compute`` and the curves read them.
+
 The same histograms give the ROC curve and the calibration (reliability) curve.
 :class:`BootstrapMetrics` adds confidence intervals by the Poisson bootstrap, also streaming.
 """
@@ -32,13 +36,13 @@ EPS = 1e-7
 class TaskMetrics:
     """Accumulates one task's statistics. ``update`` takes [N] tensors, no host sync."""
 
-    def __init__(self, task_type: str, num_bins: int = 1 << 16) -> None:
+    def __init__(self, task_type: str, num_bins: int = 1 << 16, device: torch.device | str = "cpu") -> None:
         self.task_type = task_type
         self.num_bins = num_bins
-        self.hist = torch.zeros(2, num_bins, dtype=torch.float64)  # [negative, positive] weight per bin
+        self.hist = torch.zeros(2, num_bins, dtype=torch.float64, device=device)  # [negative, positive] weight per bin
         # weight, weighted sum of label, of prediction, of log loss, of squared error, of abs error
-        self.sums = torch.zeros(6, dtype=torch.float64)
-        self.count = torch.zeros(1, dtype=torch.float64)
+        self.sums = torch.zeros(6, dtype=torch.float64, device=device)
+        self.count = torch.zeros(1, dtype=torch.float64, device=device)
 
     def update(self, predictions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
         """predictions, labels, weights: [N]; predictions are probabilities for binary tasks."""
@@ -58,10 +62,10 @@ class TaskMetrics:
         self.sums += stats.sum(dim=1)
         self.count += (w > 0).sum()
 
-    def all_reduce(self) -> None:
-        """Sum the statistics of every rank (no-op without a process group)."""
-        for t in (self.hist, self.sums, self.count):
-            all_reduce(t)
+    def finish(self) -> None:
+        """Sum the statistics of every rank (collective; no-op without a process group) and move
+        them to the host: the one sync of a scoring pass."""
+        self.hist, self.sums, self.count = (all_reduce(t).cpu() for t in (self.hist, self.sums, self.count))
 
     def compute(self) -> dict[str, float | int]:
         weight, sum_y, sum_p, sum_logloss, sum_sq, sum_abs = self.sums.tolist()
@@ -122,17 +126,21 @@ class BootstrapMetrics:
     reproducible for a fixed row order.
     """
 
-    def __init__(self, task_type: str, replicates: int, seed: int, num_bins: int = 4096) -> None:
+    def __init__(
+        self, task_type: str, replicates: int, seed: int, num_bins: int = 4096, device: torch.device | str = "cpu"
+    ) -> None:
         self.replicates = [TaskMetrics(task_type, num_bins) for _ in range(replicates)]
-        self.hist = torch.stack([r.hist for r in self.replicates])  # [R, 2, bins]
-        self.sums = torch.zeros(replicates, 6, dtype=torch.float64)
-        self.count = torch.zeros(replicates, dtype=torch.float64)
+        self.hist = torch.zeros(replicates, 2, num_bins, dtype=torch.float64, device=device)  # [R, 2, bins]
+        self.sums = torch.zeros(replicates, 6, dtype=torch.float64, device=device)
+        self.count = torch.zeros(replicates, dtype=torch.float64, device=device)
         self.task_type, self.num_bins = task_type, num_bins
+        # Draws on the host, so a run's intervals do not depend on the device it scored on.
         self.generator = torch.Generator().manual_seed(seed)
 
     def update(self, predictions: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
         R, n = len(self.replicates), weights.shape[0]
-        w = weights.detach().to(torch.float64) * torch.poisson(torch.ones(R, n), generator=self.generator).double()
+        draws = torch.poisson(torch.ones(R, n), generator=self.generator).to(weights.device, torch.float64)
+        w = weights.detach().to(torch.float64) * draws
         p, y = predictions.detach().to(torch.float64), labels.detach().to(torch.float64)
         if self.task_type == "binary":
             bins = (p.clamp(0.0, 1.0) * self.num_bins).long().clamp_(max=self.num_bins - 1)
@@ -147,9 +155,9 @@ class BootstrapMetrics:
         self.sums += w @ per_row.T
         self.count += (w > 0).sum(dim=1)
 
-    def all_reduce(self) -> None:
-        for t in (self.hist, self.sums, self.count):
-            all_reduce(t)
+    def finish(self) -> None:
+        """Sum every rank's replicates (collective) and move them to the host."""
+        self.hist, self.sums, self.count = (all_reduce(t).cpu() for t in (self.hist, self.sums, self.count))
 
     def compute(self, level: float = 0.95) -> dict[str, list[float]]:
         values: dict[str, list[float]] = {}

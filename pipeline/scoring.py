@@ -65,7 +65,7 @@ class _FusionAverage:
         if not count:
             return
         n = batch.batch_size
-        weighted = [m.detach().double().cpu() * n for m in matrices]
+        weighted = [m.detach().double() * n for m in matrices]
         self.sums = weighted if self.sums is None else [a + b for a, b in zip(self.sums, weighted)]
         self.rows += n
 
@@ -106,9 +106,9 @@ def score(
     steps = int(all_reduce(torch.tensor([num_batches], device=device), dist.ReduceOp.MAX).item())
     if num_batches == 0 and steps > 0:
         raise ValueError("this rank got no eval rows while others did: the eval set has fewer rows than ranks")
-    metrics = {t.name: TaskMetrics(t.type) for t in schema.tasks}
+    metrics = {t.name: TaskMetrics(t.type, device=device) for t in schema.tasks}
     boot = {
-        t.name: BootstrapMetrics(t.type, options.bootstrap, seed=options.seed * 1000 + rank * 31 + i)
+        t.name: BootstrapMetrics(t.type, options.bootstrap, seed=options.seed * 1000 + rank * 31 + i, device=device)
         for i, t in enumerate(schema.tasks)
     } if options.bootstrap else {}
     fusion = _FusionAverage(_inner(model), fusion_type) if options.fusion_batches else None
@@ -130,8 +130,8 @@ def score(
         rows += labels.shape[0]
         if options.on_batch is not None:
             options.on_batch(batch, predictions)
-        per_task = task_weights(schema, labels, weights).cpu()
-        predictions, labels = predictions.float().cpu(), labels.cpu()
+        per_task = task_weights(schema, labels, weights)  # everything stays on the device until the end
+        predictions = predictions.float()
         for i, task in enumerate(schema.tasks):
             metrics[task.name].update(predictions[:, i], labels[:, i], per_task[:, i])
             if task.name in boot:
@@ -140,7 +140,7 @@ def score(
                 grouped[task.name].update(batch.group_ids, predictions[:, i], labels[:, i], per_task[:, i])
     model.train(was_training)
     for m in [*metrics.values(), *boot.values()]:
-        m.all_reduce()
+        m.finish()
     total_rows = int(all_reduce(torch.tensor([rows], device=device)).item())
     tasks = {name: m.compute() for name, m in metrics.items()}
     for name, b in boot.items():
