@@ -10,8 +10,12 @@ Per level, task t owns m_t *native* experts that read only its own previous outp
 and its fusion unit outputs (eq. 7)
 
     f_t^l = AllExpertGF_t + NativeExpertLF_t
-    NativeExpertLF_t = Σ_j v_{t,j} E_{t,j}                  (eq. 8; v_t ≡ 1 when m_t = 1)
+    NativeExpertLF_t = Σ_j v_{t,j} E_{t,j}                  (eq. 8)
     AllExpertGF_t    = Σ_i g_{t,i} E_i,  g_t = softmax(W_t f_t^{l-1} + b_t) ∈ Δ^N  (eqs. 9–10)
+
+with v_t ∈ R^{m_t} learned, except when every unit has one expert (m_1 = … = m_T (= m_s) = 1),
+where the paper fixes v_t = 1 and there is no parameter. ``native_residual: false`` drops
+NativeExpertLF from the task units (the paper's Table 6 ablation).
 
 computed in the fused form of eq. 11, ``f_t = (g_t + ṽ_t)ᵀ E`` for all tasks at once, ṽ_t being
 v_t placed at task t's own experts and zero elsewhere: one batched matmul per level.
@@ -27,7 +31,13 @@ Choices the paper leaves open (see docs/models.md):
 * f_s^0: the mean over tasks of the per-task inputs (the paper feeds one shared bottom to every
   unit; with task-specific bottoms the mean is the task-neutral summary, and with a shared
   bottom it is that bottom).
-* v_t (m_t > 1) starts at 1/m_t (the residual starts as the mean of the task's own experts).
+* Learned v_t starts at 1/m_t, so at initialisation NativeExpertLF_t is the mean of task t's
+  own experts and f_t = Σ_i g_{t,i} E_i + (1/m_t) Σ_j E_{t,j} (for m_t = 1: exactly the fixed
+  v = 1 model). The authors' release draws v_t from U(±√(1/m_t)) instead, which for m_t = 1 is
+  a scalar in (-1, 1) that may start negative and cancel part of the native expert; the
+  deterministic 1/m_t keeps the residual a residual at the start, equals the fixed-1 model at
+  m_t = 1, and draws nothing from the RNG (a seed gives the other parameters the same values
+  whether v is learned or fixed).
 * Gates have a bias; expert outputs are post-activation.
 """
 
@@ -69,6 +79,7 @@ class AdaTTLevel(nn.Module):
         fuse_shared: bool,
         shared_residual: bool = True,
         activation: str = "relu",
+        native_residual: bool = True,
     ) -> None:
         super().__init__()
         if len(experts_per_task) != num_tasks or min(experts_per_task) < 1:
@@ -86,17 +97,21 @@ class AdaTTLevel(nn.Module):
         self.experts = ExpertBank(owners, in_dim, dims, activation)
         self.gates = GateBank(self.num_gates, in_dim, self.num_experts)  # AllExpertGF: every gate spans all N
 
-        # NativeExpertLF weights ṽ [R, N] = Σ_j native[j] · placement[j] + fixed: learned entries
-        # for units with several native experts, a fixed 1 for units with one.
-        residual_units = list(range(num_tasks)) + ([num_tasks] if fuse_shared and shared_residual else [])
+        # NativeExpertLF weights ṽ [R, N] = Σ_j native[j] · placement[j] + fixed (eq. 8): learned
+        # entries for every residual unit, unless every unit owns exactly one expert, where the
+        # paper fixes v = 1 (no parameter).
+        residual_units = (list(range(num_tasks)) if native_residual else []) + (
+            [num_tasks] if fuse_shared and shared_residual else []
+        )
         starts = [sum(counts[:u]) for u in range(len(counts))]
-        learned = [(u, starts[u] + j) for u in residual_units if counts[u] > 1 for j in range(counts[u])]
+        self.unit_native = all(c == 1 for c in counts)
+        learned = [] if self.unit_native else [(u, starts[u] + j) for u in residual_units for j in range(counts[u])]
         placement = torch.zeros(len(learned), self.num_gates, self.num_experts)
         for i, (u, col) in enumerate(learned):
             placement[i, u, col] = 1.0
         fixed = torch.zeros(self.num_gates, self.num_experts)
-        for u in residual_units:
-            if counts[u] == 1:
+        if self.unit_native:
+            for u in residual_units:
                 fixed[u, starts[u]] = 1.0
         self.register_buffer("native_placement", placement, persistent=False)
         self.register_buffer("native_fixed", fixed, persistent=False)
@@ -141,6 +156,7 @@ class AdaTT(FusionModule):
                 fuse_shared=self.with_shared and i < len(levels) - 1,
                 shared_residual=cfg.shared_residual,
                 activation=cfg.activation,
+                native_residual=cfg.native_residual,
             )
             for i, dims in enumerate(levels)
         )
@@ -178,6 +194,7 @@ class AdaTT(FusionModule):
         ]
 
     def native_weights(self) -> list[torch.Tensor]:
-        """Per level, ṽ [R_l, N]: the NativeExpertLF weights (fixed 1 where a unit has one expert)."""
+        """Per level, ṽ [R_l, N]: the NativeExpertLF weights (fixed 1 when every unit has one
+        expert; 0 for a unit without the residual)."""
         return [level.native_weights().detach() for level in self.levels]
 

@@ -74,12 +74,14 @@ class DTRNConfig:
     pooling: Literal["target", "mean"] = "target"
     #: the candidate-item feature for target pooling (a sparse feature on a sequence table)
     target_feature: Optional[str] = None
-    #: hidden width of each task's SENet-like refinement network (>= 1)
+    #: TRM: senet squeezes each field to its mean, excites over the F scalars; context excites over all F·D values
+    trm_form: Literal["senet", "context"] = "senet"
+    #: hidden width of each task's TRM excitation MLP (>= 1)
     trm_hidden: int = 64
-    # TRM field weights are trm_gate_scale · sigmoid(·): 2.0 centres an untrained TRM at weight 1
-    # (fields pass at their own scale and can be amplified or damped); 1.0 is SENet's sigmoid.
-    #: the scale s of TRM's field weights s · sigmoid(·) (> 0)
-    trm_gate_scale: float = 2.0
+    # TRM field weights are s · sigmoid(·). senet: s = 1, SENet's sigmoid; context: s = 2 centres
+    # an untrained TRM at weight 1 (fields pass at their own scale, amplified or damped).
+    #: the scale s of TRM's field weights s · sigmoid(·) (> 0); null: 1 for senet, 2 for context
+    trm_gate_scale: Optional[float] = None
     #: add a learned recency-position embedding to sequence items
     position_embedding: bool = True
 
@@ -90,8 +92,15 @@ class DTRNConfig:
             raise ValueError("condition_dim, hyper_hidden, num_heads, ffn_dim and trm_hidden must be >= 1")
         if self.num_layers < 0:
             raise ValueError("num_layers must be >= 0")
-        if self.trm_gate_scale <= 0:
+        if self.trm_gate_scale is not None and self.trm_gate_scale <= 0:
             raise ValueError("trm_gate_scale must be > 0")
+
+    @property
+    def trm_scale(self) -> float:
+        """The TRM weight scale s: ``trm_gate_scale``, or the form's default (senet 1, context 2)."""
+        if self.trm_gate_scale is not None:
+            return float(self.trm_gate_scale)
+        return 1.0 if self.trm_form == "senet" else 2.0
 
 
 BottomConfig = Union[DTRNConfig, SharedBottomConfig]
@@ -202,8 +211,11 @@ class AdaTTConfig:
 
     ``adatt_sp``: task experts only. ``adatt``: plus ``shared_experts`` (default 1) in a shared
     fusion unit; ``adatt_sp`` takes no shared experts. ``experts_per_task``: m_t, one int or
-    one per task. ``shared_residual``: the shared unit adds NativeExpertLF over its own experts
-    like the task units (as in the authors' release); false makes it gate-only.
+    one per task. ``native_residual``: the task units add NativeExpertLF (eq. 8) over their own
+    experts; false is the paper's Table 6 ablation (AllExpertGF only). ``shared_residual``: the
+    shared unit adds NativeExpertLF over its own experts like the task units (as in the
+    authors' release); false makes it gate-only. The NativeExpertLF weights v are learned
+    unless every unit (tasks and shared) has exactly one expert, where v ≡ 1 (eq. 8).
     """
 
     #: adatt: task experts plus a shared fusion unit; adatt_sp: task experts only
@@ -214,6 +226,8 @@ class AdaTTConfig:
     experts_per_task: Union[int, list[int]] = 2
     #: experts of the shared unit (adatt only, >= 1); null: 1 for adatt, none for adatt_sp
     shared_experts: Optional[int] = None
+    #: the task units add NativeExpertLF over their own experts (eq. 8); false: the paper's Table 6 ablation
+    native_residual: bool = True
     #: the shared unit adds NativeExpertLF over its own experts; false: gate only
     shared_residual: bool = True
     #: activation after every expert layer

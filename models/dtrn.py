@@ -9,9 +9,10 @@ Each task gets its own bottom representation in two steps:
   LayerNorm, so the hypernetwork is TIM's only source of task and behaviour-type conditioning.
   Each sequence is encoded at its own length (length buckets; empty sequences do no work) and
   pooled to one interest vector per (task k, behaviour type m).
-* TRM (task-specific representation refinement): per task, a SENet-like network reads all the
-  task's field embeddings at once (context aware) and emits one weight per field; the task's
-  bottom is the concatenation of the reweighted fields.
+* TRM (task-specific representation refinement): per task, a SENet: each field embedding is
+  squeezed to one scalar (its mean), an excitation MLP reads the F scalars of the task (context
+  aware: every field's weight depends on all fields) and emits one sigmoid weight per field;
+  the task's bottom is the concatenation of the reweighted fields.
 
 The K bottoms are the per-task inputs [B, K, F·D] of whatever fusion sits above.
 
@@ -25,7 +26,9 @@ Choices the paper leaves open (config options where they matter, see ``DTRNConfi
 * A learned recency-position embedding (index 0 = newest item) is added to the items
   (``position_embedding``).
 * Dense features enter TRM as one field through a linear projection to D.
-* TRM weights are ``trm_gate_scale · sigmoid(·)`` (2 by default, 1 for SENet's sigmoid).
+* TRM: the squeeze is the mean over the D embedding values (SENet's global average pooling);
+  the excitation is ``trm_hidden`` wide. ``trm_form: context`` is the earlier form (no
+  squeeze: the excitation reads all F·D values; weights 2·sigmoid).
 
 Notation: B batch, K tasks, M behaviour sequences, L padded sequence length, D embedding dim,
 F fields per task, C condition dim.
@@ -327,13 +330,17 @@ class TaskInterestModule(nn.Module):
 
 
 class TaskRefinementModule(nn.Module):
-    """TRM: per task, context-aware field reweighting (SENet-like).
+    """TRM: per task k, a SENet over the task's F field embeddings e_{k,1..F} ∈ R^D.
 
-    ``a_k = c·sigmoid(W_2^k φ(W_1^k flatten(fields_k) + b_1^k) + b_2^k)`` ∈ (0, c)^F and
-    ``out_k = flatten(a_k ⊙ fields_k)``: the excitation reads every field of the task at once
-    (context-aware, no per-field squeeze), one weight per field. ``c = gate_scale``: 2 (default)
-    centres an untrained network at weight ≈ 1, so fields pass through at their own scale and
-    can be amplified as well as damped; 1 is SENet's plain sigmoid. The K MLPs run as one
+    ``form="senet"`` (default; SENet, Hu et al. 2018, as FiBiNET applies it to fields):
+
+    * squeeze: ``z_{k,f} = (1/D) Σ_d e_{k,f,d}``, one scalar per field → z_k ∈ R^F;
+    * excitation: ``a_k = c·sigmoid(W_2^k φ(W_1^k z_k + b_1^k) + b_2^k)`` ∈ (0, c)^F, one weight
+      per field, each depending on all F fields of the task (context aware);
+    * reweight: ``out_k = flatten(a_k ⊙ e_k)`` = [a_{k,1} e_{k,1}; …; a_{k,F} e_{k,F}].
+
+    ``form="context"`` (the earlier form, kept as an option): no squeeze, the excitation reads
+    ``flatten(e_k)`` ∈ R^{F·D}. ``c = gate_scale`` (1 is SENet's sigmoid). The K MLPs run as one
     grouped einsum.
     """
 
@@ -344,15 +351,20 @@ class TaskRefinementModule(nn.Module):
         dim: int,
         hidden: int,
         activation: str = "relu",
-        gate_scale: float = 2.0,
+        gate_scale: float = 1.0,
+        form: str = "senet",
     ) -> None:
         super().__init__()
-        self.num_fields, self.dim, self.gate_scale = num_fields, dim, gate_scale
-        self.mlp = GroupedMLP(num_tasks, num_fields * dim, [hidden, num_fields], activation)
+        if form not in ("senet", "context"):
+            raise ValueError(f"TRM form must be senet or context, got {form!r}")
+        self.num_fields, self.dim, self.gate_scale, self.form = num_fields, dim, gate_scale, form
+        width = num_fields if form == "senet" else num_fields * dim
+        self.mlp = GroupedMLP(num_tasks, width, [hidden, num_fields], activation)
 
     def field_weights(self, fields: torch.Tensor) -> torch.Tensor:
         """fields [B, K, F, D] → weights [B, K, F] in (0, gate_scale)."""
-        return self.gate_scale * torch.sigmoid(self.mlp(fields.flatten(2)))
+        summary = fields.mean(dim=-1) if self.form == "senet" else fields.flatten(2)  # squeeze: [B, K, F]
+        return self.gate_scale * torch.sigmoid(self.mlp(summary))
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         """fields [B, K, F, D] → [B, K, F·D]."""
@@ -399,7 +411,7 @@ class DTRN(nn.Module):
         if self.num_fields == 0:
             raise ValueError("DTRN needs at least one field")
         self.trm = TaskRefinementModule(
-            num_tasks, self.num_fields, dim, cfg.trm_hidden, activation, gate_scale=cfg.trm_gate_scale
+            num_tasks, self.num_fields, dim, cfg.trm_hidden, activation, gate_scale=cfg.trm_scale, form=cfg.trm_form
         )
         self.out_dim = self.num_fields * dim
 

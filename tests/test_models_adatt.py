@@ -87,9 +87,15 @@ def random_adatt(T, m, m_s, in_dim, levels, seed=0):
     return params
 
 
-def load_adatt(model: AdaTT, params, m, m_s, shared_residual=True) -> None:
+def all_units_single(m, m_s):
+    """Eq. 8's condition for v ≡ 1: every unit (each task, and the shared one) has one expert."""
+    return all(c == 1 for c in m + ([m_s] if m_s else []))
+
+
+def load_adatt(model: AdaTT, params, m, m_s, shared_residual=True, native_residual=True) -> None:
     """Write paper-term parameters into the module (experts ordered task 0…, task 1…, shared;
-    learned native weights for every fusing unit with more than one native expert)."""
+    learned native weights v_u for every fusing unit with a residual, unless every unit has one
+    expert)."""
     T = len(m)
     with torch.no_grad():
         for level, p in zip(model.levels, params):
@@ -103,7 +109,7 @@ def load_adatt(model: AdaTT, params, m, m_s, shared_residual=True) -> None:
             learned = [
                 v
                 for r in range(len(p["gates"]))
-                if len(p["experts"][r]) > 1 and (r < T or shared_residual)
+                if not all_units_single(m, m_s) and (native_residual if r < T else shared_residual)
                 for v in p["v"][r]
             ]
             assert (level.native is None) == (not learned)
@@ -111,7 +117,7 @@ def load_adatt(model: AdaTT, params, m, m_s, shared_residual=True) -> None:
                 level.native.copy_(torch.tensor(learned))
 
 
-def adatt_reference(x, params, m, m_s, shared_residual=True):
+def adatt_reference(x, params, m, m_s, shared_residual=True, native_residual=True):
     """Eqs. 4–10 for one sample: x is T input lists → T output lists."""
     T = len(m)
     units = [list(x[t]) for t in range(T)]
@@ -125,8 +131,9 @@ def adatt_reference(x, params, m, m_s, shared_residual=True):
         for r, (w, b) in enumerate(p["gates"]):
             gate = softmax(matvec(units[r], w, b))  # eq. 10: AllExpertGF gate over ALL experts
             out = mix(gate, E_all)  # eq. 9
-            if r < T or shared_residual:
-                v = [1.0] if len(E[r]) == 1 else p["v"][r]  # eq. 8: unit weight when one native expert
+            if native_residual if r < T else shared_residual:
+                # eq. 8: v_r learned, fixed to 1 only when every unit has a single expert
+                v = [1.0] if all_units_single(m, m_s) else p["v"][r]
                 out = [a + c for a, c in zip(out, mix(v, E[r]))]  # eq. 7
             fused.append(out)
         units = fused
@@ -134,17 +141,23 @@ def adatt_reference(x, params, m, m_s, shared_residual=True):
 
 
 @pytest.mark.parametrize(
-    "m, m_s, kind, levels, shared_residual",
+    "m, m_s, kind, levels, shared_residual, native_residual",
     [
-        ([2, 2], 1, "adatt", [[2], [2]], True),
-        ([2, 2], 0, "adatt_sp", [[2], [2]], True),
-        ([1, 3], 2, "adatt", [[2], [2]], True),
-        ([1, 3], 2, "adatt", [[2], [2]], False),
-        ([1, 1], 1, "adatt", [[2], [2]], True),
-        ([2, 1, 3], 2, "adatt", [[3, 2], [2], [2]], True),  # 3 tasks, 3 levels, 2-layer experts
+        ([2, 2], 1, "adatt", [[2], [2]], True, True),
+        ([2, 2], 0, "adatt_sp", [[2], [2]], True, True),
+        ([1, 3], 2, "adatt", [[2], [2]], True, True),
+        ([1, 3], 2, "adatt", [[2], [2]], False, True),
+        ([1, 1], 1, "adatt", [[2], [2]], True, True),
+        ([2, 1, 3], 2, "adatt", [[3, 2], [2], [2]], True, True),  # 3 tasks, 3 levels, 2-layer experts
+        ([1, 1, 1], 3, "adatt", [[2], [2]], True, True),  # Census: one expert per task + 3 shared
+        ([1, 1], 0, "adatt_sp", [[2], [2]], True, True),  # every unit one expert: v ≡ 1
+        ([1, 3], 2, "adatt", [[2], [2]], True, False),  # Table 6 ablation: no task residual
+        ([1, 3], 2, "adatt", [[2], [2]], False, False),  # gates only
+        ([2, 2], 0, "adatt_sp", [[2], [2]], True, False),
+        ([1, 1], 1, "adatt", [[2], [2]], True, False),
     ],
 )
-def test_matches_paper_equations(m, m_s, kind, levels, shared_residual):
+def test_matches_paper_equations(m, m_s, kind, levels, shared_residual, native_residual):
     T, in_dim = len(m), 3
     per_task = m if len(set(m)) > 1 else m[0]
     cfg = AdaTTConfig(
@@ -153,15 +166,16 @@ def test_matches_paper_equations(m, m_s, kind, levels, shared_residual):
         experts_per_task=per_task,
         shared_experts=m_s or None,
         shared_residual=shared_residual,
+        native_residual=native_residual,
     )
     model = AdaTT(T, in_dim, cfg)
     params = random_adatt(T, m, m_s, in_dim, levels)
-    load_adatt(model, params, m, m_s, shared_residual)
+    load_adatt(model, params, m, m_s, shared_residual, native_residual)
     x = torch.randn(4, T, in_dim, generator=torch.Generator().manual_seed(1))
     out = model(x)
     assert out.shape == (4, T, levels[-1][-1])
     for b in range(4):
-        ref = adatt_reference(x[b].tolist(), params, m, m_s, shared_residual)
+        ref = adatt_reference(x[b].tolist(), params, m, m_s, shared_residual, native_residual)
         torch.testing.assert_close(out[b], torch.tensor(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -173,10 +187,11 @@ def test_single_expert_native_weight_is_fixed_one():
     # ṽ_t is 1 at task t's single expert (columns: task 0, task 1, shared), 0 elsewhere.
     torch.testing.assert_close(level.native_weights(), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
 
+    # Eq. 8: with mixed counts every unit learns v, the single-expert task 0 included.
     mixed = AdaTT(2, 3, AdaTTConfig(type="adatt_sp", expert_dims=[4], experts_per_task=[1, 3]))
-    assert mixed.levels[0].native.shape == (3,)  # only task 1's three weights are learned
+    assert mixed.levels[0].native.shape == (4,)  # task 0's one weight and task 1's three
     v = mixed.levels[0].native_weights()
-    assert v[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert v[0].tolist() == [1.0, 0.0, 0.0, 0.0]  # initialised at 1/m_0 = 1
     assert v[1, 0] == 0.0 and torch.all(v[1, 1:] > 0)
 
 
@@ -203,8 +218,9 @@ def test_native_weights_learn_when_several_experts():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    # Level 1 learns task 1's 3 weights and the shared unit's 2; the last level task 1's 3.
-    assert [b.numel() for b in before] == [5, 3]
+    # Level 1 learns task 0's 1 weight, task 1's 3 and the shared unit's 2; the last level
+    # task 0's 1 and task 1's 3 (eq. 8: learned for every unit when the counts are mixed).
+    assert [b.numel() for b in before] == [6, 4]
     for old, level in zip(before, model.levels):
         assert not torch.allclose(old, level.native.detach())
 
@@ -261,3 +277,71 @@ def test_rejects_bad_expert_counts():
         AdaTTConfig(type="adatt_sp", shared_experts=2)
     with pytest.raises(ValueError, match="experts_per_task"):
         AdaTTConfig(experts_per_task=[1, 0])
+
+
+# ------------------------------------------- eq. 8 by hand: learned v, its init, the residual switch
+
+
+def _constant_experts(level, values):
+    """Expert n outputs relu(values[n]) whatever its input (zero weights, bias = value); every
+    gate logit 0, so AllExpertGF is the plain mean of the N experts."""
+    with torch.no_grad():
+        for layer in level.experts.mlp.layers:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        level.experts.mlp.layers[-1].bias.copy_(torch.tensor(values).view(-1, 1))
+        level.gates.linear.weight.zero_()
+        level.gates.linear.bias.zero_()
+
+
+def test_learned_native_weights_at_init_by_hand():
+    """m = [1, 2] (mixed counts): v_0 ∈ R^1 and v_1 ∈ R^2 are learned, initialised at 1/m_t.
+    Experts E = [3 | 2, 6]: AllExpertGF = (3 + 2 + 6) / 3 = 11/3 for both tasks, so
+    f_0 = 11/3 + 1·3 = 20/3 and f_1 = 11/3 + (2 + 6)/2 = 23/3."""
+    model = AdaTT(2, 4, AdaTTConfig(type="adatt_sp", expert_dims=[1], experts_per_task=[1, 2]))
+    level = model.levels[0]
+    assert isinstance(level.native, torch.nn.Parameter) and level.native.tolist() == [1.0, 0.5, 0.5]
+    torch.testing.assert_close(level.native_weights(), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]))
+    _constant_experts(level, [3.0, 2.0, 6.0])
+    out = model(torch.randn(5, 2, 4))
+    torch.testing.assert_close(out[:, 0, 0], torch.full((5,), 20 / 3))
+    torch.testing.assert_close(out[:, 1, 0], torch.full((5,), 23 / 3))
+    # A learned v moves the output: v_0 = -0.5 gives f_0 = 11/3 - 1.5.
+    with torch.no_grad():
+        level.native[0] = -0.5
+    torch.testing.assert_close(model(torch.randn(5, 2, 4))[:, 0, 0], torch.full((5,), 11 / 3 - 1.5))
+
+
+def test_census_setting_learns_v_for_single_expert_task_units():
+    """1 expert per task + 3 shared (the Census configuration): the counts are mixed, so every
+    task unit learns its scalar v_t (init 1) and the fusing shared unit its 3 weights (init 1/3)."""
+    model = AdaTT(3, 4, AdaTTConfig(type="adatt", expert_dims=[2, 2], experts_per_task=1, shared_experts=3))
+    first, last = model.levels
+    torch.testing.assert_close(first.native.detach(), torch.tensor([1.0, 1.0, 1.0, 1 / 3, 1 / 3, 1 / 3]))
+    assert last.native.tolist() == [1.0, 1.0, 1.0]  # the shared unit does not fuse at the last level
+    expected = torch.zeros(4, 6)
+    expected[0, 0] = expected[1, 1] = expected[2, 2] = 1.0
+    expected[3, 3:] = 1 / 3
+    torch.testing.assert_close(first.native_weights(), expected)
+
+
+def test_native_residual_off_by_hand():
+    """``native_residual: false`` (Table 6): f_t = AllExpertGF_t only. Same experts as above:
+    f_0 = f_1 = 11/3, and the task units have no native parameter."""
+    cfg = AdaTTConfig(type="adatt_sp", expert_dims=[1], experts_per_task=[1, 2], native_residual=False)
+    model = AdaTT(2, 4, cfg)
+    level = model.levels[0]
+    assert level.native is None and not any("native" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(level.native_weights(), torch.zeros(2, 3))
+    _constant_experts(level, [3.0, 2.0, 6.0])
+    torch.testing.assert_close(model(torch.randn(5, 2, 4)), torch.full((5, 2, 1), 11 / 3))
+    # All units single and the switch off: no fixed 1 either.
+    single = AdaTT(2, 4, AdaTTConfig(type="adatt_sp", expert_dims=[1], experts_per_task=1, native_residual=False))
+    _constant_experts(single.levels[0], [3.0, 2.0])
+    torch.testing.assert_close(single(torch.randn(5, 2, 4)), torch.full((5, 2, 1), 2.5))
+    # The shared unit keeps its own switch: only its row of ṽ is non-zero.
+    shared = AdaTT(2, 4, AdaTTConfig(type="adatt", expert_dims=[2, 2], experts_per_task=1, shared_experts=2,
+                                     native_residual=False))
+    v = shared.levels[0].native_weights()
+    assert torch.all(v[:2] == 0) and v[2].tolist() == [0.0, 0.0, 0.5, 0.5]
+    assert shared.levels[1].native is None and torch.all(shared.levels[1].native_weights() == 0)

@@ -8,7 +8,7 @@ import torch
 from fusionrec.datasets.schema import FeatureSchema, Schema, SequenceFeature, SparseFeature, TableConfig, TaskConfig
 from fusionrec.models.bottoms import SharedBottom, build_bottom
 from fusionrec.models.config import DTRNConfig, ModelConfig
-from fusionrec.models.dtrn import DTRN
+from fusionrec.models.dtrn import DTRN, TaskRefinementModule
 from fusionrec.models.embeddings import sequence_mask
 from fusionrec.models.transformer import conditional_layer_norm
 
@@ -17,11 +17,12 @@ BEHAVIORS = ["click", "buy", "click"]  # two sequences share the "click" type em
 MAX_LENS = [5, 3, 4]
 
 
-def _make(pooling="target", num_layers=2, seed=0):
+def _make(pooling="target", num_layers=2, seed=0, trm_form="senet"):
     torch.manual_seed(seed)
     cfg = DTRNConfig(
         condition_dim=4, hyper_hidden=6, num_layers=num_layers, num_heads=2, ffn_dim=10,
         pooling=pooling, target_feature="item" if pooling == "target" else None, trm_hidden=7,
+        trm_form=trm_form,
     )
     return DTRN(K, DD, D, P, BEHAVIORS, MAX_LENS, target_index=1 if pooling == "target" else None, cfg=cfg)
 
@@ -98,15 +99,22 @@ def _reference(model: DTRN, dense, fields, sequences, lengths):
             ]
             task_fields = torch.stack(shared + interests)  # [F, D]
             l1, l2 = model.trm.mlp.layers
-            hid = torch.relu(task_fields.flatten() @ l1.weight[k] + l1.bias[k])
-            a = 2 * torch.sigmoid(hid @ l2.weight[k] + l2.bias[k])
+            if model.trm.form == "senet":
+                # SENet: squeeze each field to its mean, excite over the F scalars, sigmoid weights
+                z = torch.stack([sum(row) / D for row in task_fields])  # [F]
+                hid = torch.relu(z @ l1.weight[k] + l1.bias[k])
+                a = torch.sigmoid(hid @ l2.weight[k] + l2.bias[k])
+            else:
+                hid = torch.relu(task_fields.flatten() @ l1.weight[k] + l1.bias[k])
+                a = 2 * torch.sigmoid(hid @ l2.weight[k] + l2.bias[k])
             out[b, k] = (a.unsqueeze(1) * task_fields).flatten()
     return out
 
 
+@pytest.mark.parametrize("trm_form", ["senet", "context"])
 @pytest.mark.parametrize("pooling", ["target", "mean"])
-def test_matches_reference_loops(pooling):
-    model = _make(pooling)
+def test_matches_reference_loops(pooling, trm_form):
+    model = _make(pooling, trm_form=trm_form)
     inputs = _inputs(LENGTHS)
     out = model(*inputs)
     assert out.shape == (B, K, (1 + P + len(BEHAVIORS)) * D) == (B, K, model.out_dim)
@@ -256,7 +264,7 @@ def test_hypernetwork_is_the_only_task_and_type_conditioning(pooling):
 
 
 def test_trm_gate_scale():
-    model = _make("mean")
+    model = _make("mean", trm_form="context")
     fields = model.task_fields(*_inputs(LENGTHS))
     weights = model.trm.field_weights(fields)
     assert weights.shape == (B, K, model.num_fields) and torch.all((weights > 0) & (weights < 2))
@@ -264,6 +272,46 @@ def test_trm_gate_scale():
     torch.testing.assert_close(model.trm.field_weights(fields), weights / 2)
     with pytest.raises(ValueError, match="trm_gate_scale"):
         DTRNConfig(pooling="mean", trm_gate_scale=0.0)
+
+
+def test_trm_senet_by_hand():
+    """SENet TRM, one task, F = 2 fields of D = 2: e_1 = [1, 3], e_2 = [-2, 0].
+    Squeeze: z = [2, -1]. Excitation with W_1 = [1, 1]ᵀ, b_1 = 0: h = relu(2 - 1) = 1; W_2 =
+    [1, -1], b_2 = [0, 0.5]: a = [σ(1), σ(-0.5)]. Output [σ(1)·1, σ(1)·3, σ(-0.5)·(-2), 0]."""
+    trm = TaskRefinementModule(1, 2, 2, hidden=1)
+    assert trm.form == "senet" and trm.gate_scale == 1.0
+    l1, l2 = trm.mlp.layers
+    assert l1.weight.shape == (1, 2, 1) and l2.weight.shape == (1, 1, 2)  # reads F scalars, not F·D values
+    with torch.no_grad():
+        l1.weight.copy_(torch.tensor([[[1.0], [1.0]]]))
+        l1.bias.zero_()
+        l2.weight.copy_(torch.tensor([[[1.0, -1.0]]]))
+        l2.bias.copy_(torch.tensor([[0.0, 0.5]]))
+    fields = torch.tensor([[[[1.0, 3.0], [-2.0, 0.0]]]])  # [B=1, K=1, F=2, D=2]
+    s1, s2 = 1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(0.5))
+    torch.testing.assert_close(trm.field_weights(fields), torch.tensor([[[s1, s2]]]))
+    torch.testing.assert_close(trm(fields), torch.tensor([[[s1 * 1, s1 * 3, s2 * -2, 0.0]]]))
+    # Context aware: changing field 2 alone changes field 1's weight (h = relu(2 + z_2)).
+    other = fields.clone()
+    other[..., 1, :] = torch.tensor([1.0, 1.0])  # z_2 = 1 → h = 3, a_1 = σ(3)
+    torch.testing.assert_close(trm.field_weights(other)[0, 0, 0], torch.tensor(1 / (1 + math.exp(-3.0))))
+    # Only a field's mean reaches the excitation: [1, 3] and [2, 2] get the same weights.
+    same_mean = fields.clone()
+    same_mean[..., 0, :] = torch.tensor([2.0, 2.0])
+    torch.testing.assert_close(trm.field_weights(same_mean), trm.field_weights(fields))
+
+
+def test_trm_form_defaults():
+    senet, context = DTRNConfig(pooling="mean"), DTRNConfig(pooling="mean", trm_form="context")
+    assert senet.trm_form == "senet" and senet.trm_scale == 1.0 and context.trm_scale == 2.0
+    assert DTRNConfig(pooling="mean", trm_gate_scale=3.0).trm_scale == 3.0
+    model = _make("mean")
+    assert model.trm.form == "senet" and model.trm.gate_scale == 1.0
+    fields = model.task_fields(*_inputs(LENGTHS))
+    weights = model.trm.field_weights(fields)
+    assert weights.shape == (B, K, model.num_fields) and torch.all((weights > 0) & (weights < 1))
+    with pytest.raises(ValueError, match="senet or context"):
+        TaskRefinementModule(1, 2, 2, hidden=1, form="squeeze")
 
 
 # --------------------------------------------------------------- per-length TIM = padded TIM
