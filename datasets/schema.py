@@ -20,16 +20,46 @@ from typing import Literal, Optional, Sequence
 
 
 @dataclass
+class CollisionConfig:
+    """Managed collisions (zero-collision hashing) for one table, with TorchRec's
+    ``MCHManagedCollisionModule``: the reader passes raw 64-bit ids (strings hashed, never
+    taken modulo) and the module keeps an id → row map of ``num_embeddings`` slots, so
+    distinct ids get distinct rows until the table is full. Every ``eviction_interval``
+    training steps it admits the ids seen since the last admission and, when slots run out,
+    evicts by ``eviction``: ``lfu`` keeps the most frequent ids, ``lru`` the most recently
+    seen. An id without a row (not yet admitted, or evicted) reads the table's last row,
+    which TorchRec keeps for misses. The map is sharded row-wise with the table and saved
+    in checkpoints."""
+
+    #: mch: TorchRec's managed-collision hash (MCHManagedCollisionModule)
+    type: Literal["mch"] = "mch"
+    #: which ids keep their rows when the table is full: lfu (most frequent) or lru (most recent)
+    eviction: Literal["lfu", "lru"] = "lfu"
+    #: training steps between two admissions of newly seen ids (>= 1)
+    eviction_interval: int = 1
+
+    def __post_init__(self) -> None:
+        if self.eviction_interval < 1:
+            raise ValueError("eviction_interval must be at least 1")
+
+
+@dataclass
 class TableConfig:
-    """One embedding table: ``num_embeddings`` rows of ``dim`` floats."""
+    """One embedding table: ``num_embeddings`` rows of ``dim`` values of ``data_type``."""
 
     name: str  #: the table's name, used by features' table keys and by sharding.constraints
-    num_embeddings: int  #: rows (>= 1); an integer id maps to row id mod num_embeddings
+    num_embeddings: int  #: rows (>= 1); an integer id maps to row id mod num_embeddings unless collision is set
     dim: int  #: embedding width (>= 1)
+    #: weight precision in training: fp32 or fp16 (half the memory; lookups still return fp32 to the dense part)
+    data_type: Literal["fp32", "fp16"] = "fp32"
+    #: managed collisions for raw 64-bit ids instead of id mod num_embeddings; null: modulo
+    collision: Optional[CollisionConfig] = None
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 1 or self.dim < 1:
             raise ValueError(f"table {self.name!r}: num_embeddings and dim must be positive")
+        if self.collision is not None and self.num_embeddings < 2:
+            raise ValueError(f"table {self.name!r}: a collision-managed table needs at least 2 rows (one is for misses)")
 
 
 @dataclass

@@ -23,13 +23,18 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from fusionrec.datasets.schema import FeatureSchema, SparseFeature
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+# TableConfig.data_type → TorchRec's table DataType. fp16 trains on CPU and GPU (fbgemm's
+# training kernels keep fp16 weights, fp32 optimizer state and return fp32 lookups); bf16 has
+# no CPU forward kernel ("split_embedding_cpu_forward_2 not implemented for BFloat16") and int8
+# has no training kernel at all (TorchRec's sharded int8 tables fail to build), so neither is offered.
+DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 
 
 def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
@@ -54,6 +59,7 @@ def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
                 embedding_dim=table.dim,
                 feature_names=[f.name for f in feats],
                 pooling=PoolingType.SUM if features.weighted_pooling else _POOLING[poolings[0]],
+                data_type=DATA_TYPES[table.data_type],
             )
         )
     return configs
@@ -79,6 +85,7 @@ def sequence_table_configs(features: FeatureSchema) -> list[EmbeddingConfig]:
                 num_embeddings=table.num_embeddings,
                 embedding_dim=table.dim,
                 feature_names=[f.name for f in features.sequence_table_features if f.table == name],
+                data_type=DATA_TYPES[table.data_type],
             )
         )
     return configs
@@ -118,7 +125,7 @@ def pad_sequence(jt: JaggedTensor, max_len: int) -> tuple[torch.Tensor, torch.Te
         a longer row would be cut to its first L ids); see :func:`sequence_mask` for the
         [B, L] validity mask.
     """
-    return jt.to_padded_dense(desired_length=max_len), jt.lengths().clamp(max=max_len)
+    return jt.to_padded_dense(desired_length=max_len).float(), jt.lengths().clamp(max=max_len)
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -138,7 +145,7 @@ def pool_jagged(jt: JaggedTensor, pooling: str, max_len: Optional[int]) -> torch
     Returns:
         [B, D].
     """
-    summed = jt.to_padded_dense(desired_length=max_len).sum(dim=1)
+    summed = jt.to_padded_dense(desired_length=max_len).float().sum(dim=1)
     if pooling == "sum":
         return summed
     if pooling == "mean":

@@ -110,9 +110,9 @@ class MultiTaskModel(nn.Module):
             if not from_bag:
                 fields.append(pool_jagged(looked_up[name], pooling, max_len))
             elif self._weighted and pooling == "mean":  # the weighted EBC pooled Σ w·e
-                fields.append(weighted_mean(pooled[name], batch.sparse[name], max_len))
-            else:
-                fields.append(pooled[name])
+                fields.append(weighted_mean(pooled[name].float(), batch.sparse[name], max_len))
+            else:  # fp32 for the dense part whatever the table's data_type (a no-op for sharded tables)
+                fields.append(pooled[name].float())
         sequences, lengths = [], []
         for name, max_len in self._sequences:
             padded, n = pad_sequence(looked_up[name], max_len)

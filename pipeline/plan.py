@@ -1,13 +1,15 @@
 """Plan a model's embedding tables for a GPU cluster on any machine, and report memory per rank.
 
     python -m fusionrec.pipeline.plan --config configs/production.yaml --world-size 64 \\
-        --device cuda --hbm-gb 80 --ddr-gb 2048 [--gpus-per-host 8] [--json plan.json]
+        --device cuda --hbm-gb 80 --ddr-gb 2048 [--gpus-per-host 8] [--data-type fp16] [--json plan.json]
 
 Runs on a CPU-only machine: the model is built with its tables on the meta device (no table
 memory is allocated), no process group is started, and TorchRec's planner plans for a
 ``Topology`` of ``--world-size`` GPUs. It prints the plan (table → sharding type, kernel,
 ranks), each rank's HBM and host-memory (DDR) use, and the planner's perf estimate. When the
 tables cannot fit it says how much memory is missing and what to try, and exits 1.
+``--data-type fp16`` plans every table with fp16 weights (half the bytes, which the planner
+counts) to see how many fewer GPUs they need.
 
 Memory flags are in GiB (2**30 bytes): ``--hbm-gb`` per GPU, ``--ddr-gb`` per host, shared
 evenly by the host's GPUs. Without them the config's ``sharding.hbm_gb`` / ``sharding.ddr_gb``
@@ -58,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ddr-gb", type=float, help="host memory per host in GiB, shared by its ranks (default: sharding.ddr_gb per rank)"
     )
     p.add_argument("--batch-size", type=int, help="per-rank batch size (default: data.batch_size)")
+    p.add_argument(
+        "--data-type",
+        choices=["fp32", "fp16"],
+        help="plan every table with this weight precision instead of its features.tables data_type",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the plan as JSON to OUT")
     return p.parse_args(argv)
 
@@ -91,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         ddr = int(cfg.sharding.ddr_gb * GIB)
     else:
         return _fail("give the host memory per host with --ddr-gb (or sharding.ddr_gb per rank in the config)")
+    if args.data_type is not None:
+        for table in cfg.features.tables:
+            table.data_type = args.data_type
     batch_size = args.batch_size or cfg.data.batch_size
     memory = MachineMemory(hbm_bytes=hbm, ddr_bytes=ddr)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 from torchrec.distributed.planner.types import ParameterConstraints, ShardingOption, Stats, Topology
+from torchrec.modules.embedding_configs import data_type_to_dtype
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from fusionrec.sharding.planner import GIB
@@ -335,6 +336,7 @@ class TableSize:
     dim: int
     weight_bytes: int
     kernels: list[str] | None  # allowed compute kernels; None: the planner may pick any
+    itemsize: int = 4  # bytes per weight: 4 for fp32, 2 for fp16 tables
 
 
 def embedding_tables(model: nn.Module, constraints: dict[str, ParameterConstraints] | None = None) -> list[TableSize]:
@@ -350,8 +352,9 @@ def embedding_tables(model: nn.Module, constraints: dict[str, ParameterConstrain
             continue
         for c in configs:
             kernels = constraints[c.name].compute_kernels if c.name in constraints else None
+            itemsize = data_type_to_dtype(c.data_type).itemsize  # 4 for fp32, 2 for fp16 tables
             out.append(
-                TableSize(c.name, c.num_embeddings, c.embedding_dim, c.num_embeddings * c.embedding_dim * 4, kernels)
+                TableSize(c.name, c.num_embeddings, c.embedding_dim, c.num_embeddings * c.embedding_dim * itemsize, kernels, itemsize)
             )
     return out
 
@@ -373,6 +376,7 @@ class FitReport:
     missing_bytes: int
     ranks_needed: int
     planner_error: str = ""
+    fp32_weight_bytes: int = 0  # of weight_bytes, what fp32 tables hold (fp16 would halve it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -439,13 +443,14 @@ def fit_report(
         missing_bytes=missing,
         ranks_needed=ranks,
         planner_error=planner_error,
+        fp32_weight_bytes=sum(t.weight_bytes for t in tables if t.itemsize == 4),
     )
 
 
 def format_fit_report(r: FitReport) -> str:
     """Says how much is missing and what to try."""
     unit = "GPU" if r.compute_device == "cuda" else "rank"
-    what = f"{gib(r.needed_bytes)} ({gib(r.weight_bytes)} of fp32 weights + {gib(r.optimizer_bytes)} of optimizer state)"
+    what = f"{gib(r.needed_bytes)} ({gib(r.weight_bytes)} of weights + {gib(r.optimizer_bytes)} of optimizer state)"
     lines = []
     if r.compute_device == "cuda":
         hbm_total, ddr_total = r.hbm_usable_bytes_per_rank * r.world_size, r.ddr_bytes_per_rank * r.world_size
@@ -491,11 +496,14 @@ def format_fit_report(r: FitReport) -> str:
             f"{gib(r.needed_bytes)} of host memory, the cluster has {gib(ddr_total)} ({verdict}); slower lookups"
         )
     state = r.optimizer_bytes
-    lines.append(
-        f"  - smaller tables: fp16 weights would need {gib(r.weight_bytes // 2 + state)}, int8 "
-        f"{gib(r.weight_bytes // 4 + state)} (TorchRec's per-table data_type; not yet a fusionrec config key), "
-        f"or hash ids into fewer rows / use a smaller dim"
-    )
+    if r.fp32_weight_bytes:
+        lines.append(
+            f"  - smaller tables: fp16 weights for the {gib(r.fp32_weight_bytes)} of fp32 tables would need "
+            f"{gib(r.needed_bytes - r.fp32_weight_bytes // 2)} in all (data_type: fp16 per table in features.tables, "
+            f"or --data-type fp16 here), or hash ids into fewer rows / use a smaller dim"
+        )
+    else:
+        lines.append("  - smaller tables: every table is fp16 already; hash ids into fewer rows or use a smaller dim")
     if r.planner_error:
         lines.append(f"planner: {r.planner_error}")
     return "\n".join(lines)
