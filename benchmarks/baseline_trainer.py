@@ -242,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", help="write a torch.profiler chrome trace of the timed steps here")
     parser.add_argument("--json", help="write the result here (else stdout)")
+    parser.add_argument("--mallopt", action="store_true", help="keep freed memory in the heap, as fusionrec's trainer does")
     args = parser.parse_args(argv)
+    if args.mallopt:
+        from fusionrec.pipeline.job import keep_freed_memory
+
+        keep_freed_memory()
     cfg = load_config(args.config, args.set)
     result = run(cfg, args.batch_size, args.warmup, args.steps, args.threads, args.profile)
     text = json.dumps(result, indent=1)

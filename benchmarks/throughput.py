@@ -4,7 +4,8 @@ PyTorch trainer of the same model (benchmarks/baseline_trainer.py, one process).
     python benchmarks/throughput.py --json benchmarks/results/throughput.json \
         --md benchmarks/results/throughput.md
 
-For each config (``configs/demo.yaml`` and ``configs/bench_large.yaml``):
+For each config (``configs/bench_tiny.yaml``: the demo with a trivially small dense model, which
+isolates the fixed per-step cost; ``configs/demo.yaml``; ``configs/bench_large.yaml``):
 
 1. Synthetic logs under ``data/bench_<name>`` (``datasets.synthetic``) unless already there.
 2. ``--repeats`` rounds, each running, one after the other (never at the same time):
@@ -15,11 +16,14 @@ For each config (``configs/demo.yaml`` and ``configs/bench_large.yaml``):
      save is switched off. samples/s = ``steps x global batch / wall time of the last
      `steps` steps`` (rank 0's clock, from after step ``warmup`` to after the last step, logging
      included); the Trainer's own ``samples_per_s`` records are kept alongside;
-   * baseline: ``benchmarks/baseline_trainer.py`` with ``torch.set_num_threads(2)``, the same
-     global batch, the same reader, ``warmup`` untimed steps then ``steps`` timed ones.
-   The order alternates between rounds (fusionrec first in even rounds) so that drifts in the
-   machine's load hit both alike. The ratio is computed per round (same round = same
-   neighbours), and the reported ratio is the median over rounds.
+   * baseline: ``benchmarks/baseline_trainer.py`` on 2 threads and on 1 thread, the same
+     global batch, the same reader, ``warmup`` untimed steps then ``steps`` timed ones; the
+     competitor of a round is whichever of the two was faster in it;
+   * the single-thread GEMM rate (2048³ and the model's largest matmul shapes), for dense MFU.
+   Every process runs with the real trainer's malloc setting (``job.keep_freed_memory``). The
+   order rotates between rounds so that drifts in the machine's load hit every arm alike; the
+   1-minute load average before each arm is recorded. The ratio is computed per round (same
+   round = same neighbours), and the reported ratio is the median over rounds.
 3. One extra fusionrec run per config with ``torch.profiler`` on rank 0 over ``--profile-steps``
    steady-state steps, reduced to a step-time breakdown (see :func:`breakdown`).
 
@@ -44,8 +48,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.runinfo import run_info  # noqa: E402
-CONFIGS = {"demo": "configs/demo.yaml", "large": "configs/bench_large.yaml"}
+CONFIGS = {"demo": "configs/demo.yaml", "large": "configs/bench_large.yaml", "tiny": "configs/bench_tiny.yaml"}
 SYNTH_ROWS = {"demo": 200_000, "large": 250_000}
+DATA_OF = {"demo": "demo", "large": "large", "tiny": "demo"}  # the tiny config reads the demo's logs
 
 # --------------------------------------------------------------------------- phases
 # Top-level ``record_function`` ranges of one TrainPipelineSparseDist.progress call (torchrec
@@ -328,6 +333,7 @@ def run_fusionrec(
 
 
 def run_baseline(name: str, cfg_path: str, sets: list[str], batch: int, warmup: int, steps: int, threads: int) -> dict:
+    """The plain trainer, with the same malloc setting as fusionrec's trainer (its best configuration)."""
     out = REPO / "runs" / f"bench_{name}_baseline_{threads}t.json"
     cmd = [
         sys.executable,
@@ -344,6 +350,7 @@ def run_baseline(name: str, cfg_path: str, sets: list[str], batch: int, warmup: 
         str(threads),
         "--json",
         str(out),
+        "--mallopt",
     ]
     for s in sets:
         cmd += ["--set", s]
@@ -356,6 +363,8 @@ def run_baseline(name: str, cfg_path: str, sets: list[str], batch: int, warmup: 
 
 
 def ensure_data(name: str, cfg_path: str) -> str:
+    name = DATA_OF[name]
+    cfg_path = CONFIGS[name]
     out = REPO / "data" / f"bench_{name}"
     if not (out / "train").exists():
         subprocess.run(
@@ -386,10 +395,41 @@ def spread(values: list[float]) -> dict:
     }
 
 
+def dense_work(cfg_path: str) -> dict:
+    """Dense FLOPs per sample of one fwd+bwd (the useful work: per-length TIM counts only real
+    positions) and the matmul shapes that carry them, counted in this process on 1 thread."""
+    from benchmarks.dense_step import DenseModel, count, make_inputs, schema_and_model
+
+    schema, model_data, batch = schema_and_model(cfg_path)
+    model = DenseModel("fusionrec.models", schema, model_data)
+    flops, _, shapes = count(model, make_inputs(schema, batch, seed=0), batch)
+    return {"flops_per_sample": flops, "top_matmul_shapes": [list(k) for k, _ in shapes[:3]]}
+
+
+def gemm_peak(shapes: list[list[int]]) -> dict:
+    """Single-thread fp32 GEMM rate now (FLOP/s): torch.mm at 2048³ and at the model's largest
+    matmul shapes; ``peak`` is the best of them (the rate MFU is measured against)."""
+    import torch
+
+    from benchmarks.dense_step import gemm_rate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rates = {"2048^3": gemm_rate(2048, 2048, 2048)}
+        for m, k, n, batch in shapes:
+            rates[f"{m}x{k}x{n}" + (f"x{batch}" if batch > 1 else "")] = gemm_rate(m, k, n, batch)
+    finally:
+        torch.set_num_threads(threads)
+    return {"peak": max(rates.values()), "rates": {k: round(v / 1e9, 1) for k, v in rates.items()}}
+
+
 def driver(args: argparse.Namespace) -> int:
+    """Alternating rounds per config: fusionrec (2 ranks, 1 thread each), the plain trainer on 2
+    threads and on 1 thread (the competitor's best is whichever is faster in that round), and a
+    GEMM-rate probe; ratios are taken per round against the best baseline, then the median."""
     results = {**run_info(), "configs": {}}
-    names = args.configs.split(",")
-    for name in names:
+    for name in args.configs.split(","):
         cfg_path = CONFIGS[name]
         from fusionrec.pipeline.config import load_config
 
@@ -398,68 +438,90 @@ def driver(args: argparse.Namespace) -> int:
         cfg = load_config(cfg_path, sets)
         per_rank = cfg.data.batch_size
         gb = per_rank * args.nproc
-        warmup, steps = (args.warmup, args.steps) if name == "demo" else (args.warmup_large, args.steps_large)
-        fus, base, base1, ratios, ratios1, step_ms = [], [], [], [], [], defaultdict(list)
-        cpu_k = defaultdict(list)
+        warmup, steps = (args.warmup_large, args.steps_large) if name == "large" else (args.warmup, args.steps)
+        work = dense_work(cfg_path)
+        arms = ("fusionrec", "baseline_2thread", "baseline_1thread")
+        runs: dict[str, list[dict]] = defaultdict(list)
+        rounds = []
         for r in range(args.repeats):
-            order = ["fusionrec", "baseline", "baseline_1thread"]
-            order = order[r % 3 :] + order[: r % 3]  # rotate: each arm goes first once per 3 rounds
-            got = {}
+            order = list(arms[r % 3 :] + arms[: r % 3])  # each arm goes first once per 3 rounds
+            got, load = {}, {}
             for who in order:
+                load[who] = round(os.getloadavg()[0], 2)
                 t = time.time()
                 if who == "fusionrec":
-                    got[who] = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc)
-                elif who == "baseline":
-                    got[who] = run_baseline(name, cfg_path, sets, gb, warmup, steps, args.nproc)
+                    got[who] = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc, mallopt=True)
                 else:
-                    got[who] = run_baseline(name, cfg_path, sets, gb, warmup, steps, 1)
-                step_ms[who].append(round(got[who]["step_ms_median"], 1))
-                cpu_k[who].append(round(got[who].get("cpu_ms_per_1k_samples", float("nan")), 1))
-                print(
-                    f"[{name} round {r}] {who}: {got[who]['samples_per_s']:.0f} samples/s ({time.time() - t:.0f}s)",
-                    flush=True,
-                )
-            fus.append(got["fusionrec"]["samples_per_s"])
-            base.append(got["baseline"]["samples_per_s"])
-            base1.append(got["baseline_1thread"]["samples_per_s"])
-            ratios.append(fus[-1] / base[-1])
-            ratios1.append(fus[-1] / base1[-1])
+                    threads = 2 if who == "baseline_2thread" else 1
+                    got[who] = run_baseline(name, cfg_path, sets, gb, warmup, steps, threads)
+                runs[who].append(got[who])
+                print(f"[{name} round {r}] {who}: {got[who]['samples_per_s']:.0f} samples/s, load {load[who]} "
+                      f"({time.time() - t:.0f}s)", flush=True)
+            gemm = gemm_peak(work["top_matmul_shapes"])
+            best = max(got["baseline_2thread"]["samples_per_s"], got["baseline_1thread"]["samples_per_s"])
+            fus = got["fusionrec"]["samples_per_s"]
+            rounds.append({
+                "order": order,
+                "load_1min": load,
+                "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in got.items()},
+                "ratio_vs_best_baseline": round(fus / best, 3),
+                "gemm_gflops_1thread": gemm["rates"],
+                # 1 thread per rank: the dense part can use at most world_size cores' GEMM rate.
+                "fusionrec_dense_mfu": round(fus * work["flops_per_sample"] / (args.nproc * gemm["peak"]), 4),
+            })
+        med = lambda xs: round(statistics.median(xs), 4 if max(map(abs, xs)) < 10 else 1)  # noqa: E731
+        sps = {who: [x["samples_per_s"] for x in runs[who]] for who in arms}
+        best_runs = [max(a, b) for a, b in zip(sps["baseline_2thread"], sps["baseline_1thread"])]
+        step_ms = {who: [x["step_ms_median"] for x in runs[who]] for who in arms}
         entry = {
             "config": cfg_path,
             "world_size": args.nproc,
             "batch_per_rank": per_rank,
             "global_batch": gb,
-            "fusionrec_samples_per_s": round(statistics.median(fus), 1),
-            "baseline_samples_per_s": round(statistics.median(base), 1),
-            "ratio": round(statistics.median(ratios), 3),
-            "fusionrec_runs": spread(fus),
-            "baseline_runs": spread(base),
-            "ratio_runs": [round(x, 3) for x in ratios],
-            "baseline_1thread_samples_per_s": round(statistics.median(base1), 1),
-            "baseline_1thread_runs": spread(base1),
-            "ratio_vs_baseline_1thread": round(statistics.median(ratios1), 3),
-            "ratio_vs_baseline_1thread_runs": [round(x, 3) for x in ratios1],
-            "median_step_ms_runs": dict(step_ms),
-            "cpu_ms_per_1k_samples_runs": dict(cpu_k),
-            "cpu_ms_per_1k_samples_median": {k: round(statistics.median(v), 1) for k, v in cpu_k.items()},
             "warmup_steps": warmup,
             "timed_steps": steps,
-            "threads": {"fusionrec_per_rank": 1, "baseline": args.nproc},
+            "threads": {"fusionrec_per_rank": 1, "baseline": [2, 1]},
+            "fusionrec_samples_per_s": med(sps["fusionrec"]),
+            "baseline_samples_per_s": med(best_runs),
+            "baseline_2thread_samples_per_s": med(sps["baseline_2thread"]),
+            "baseline_1thread_samples_per_s": med(sps["baseline_1thread"]),
+            "ratio_vs_best_baseline": med([x["ratio_vs_best_baseline"] for x in rounds]),
+            "ratio_runs": [x["ratio_vs_best_baseline"] for x in rounds],
+            "cpu_ms_per_1k_samples": {who: med([x["cpu_ms_per_1k_samples"] for x in runs[who]]) for who in arms},
+            "step_ms_median": {who: med(step_ms[who]) for who in arms},
+            "dense_flops_per_sample": round(work["flops_per_sample"]),
+            "mfu": med([x["fusionrec_dense_mfu"] for x in rounds]),
+            "baseline_best_dense_mfu": med(
+                [b * work["flops_per_sample"] / (t * g) for b, t, g in zip(
+                    best_runs,
+                    [2 if a >= c else 1 for a, c in zip(sps["baseline_2thread"], sps["baseline_1thread"])],
+                    [max(x["gemm_gflops_1thread"].values()) * 1e9 for x in rounds],
+                )]
+            ),
+            "rounds": rounds,
         }
+        if name == "tiny":
+            # What a step costs beyond a perfect split of the plain trainer's 1-thread work over
+            # the ranks: TorchRec's dists, KJT assembly, pipeline and metrics bookkeeping.
+            entry["fixed_step_overhead_ms"] = med(
+                [f - b / args.nproc for f, b in zip(step_ms["fusionrec"], step_ms["baseline_1thread"])]
+            )
         if args.profile_steps:
-            psteps = args.profile_steps if name == "demo" else max(3, args.profile_steps // 4)
+            psteps = args.profile_steps if name != "large" else max(3, args.profile_steps // 4)
             prof = run_fusionrec(
-                name, cfg_path, sets, warmup, psteps + 2, args.nproc, profile_steps=psteps, tag="_profile"
+                name, cfg_path, sets, warmup, psteps + 2, args.nproc, profile_steps=psteps, tag="_profile", mallopt=True
             )
             entry["fusionrec_breakdown_ms_per_step"] = prof["breakdown_ms_per_step"]
             entry["profiled_steps"] = psteps
             (REPO / "runs" / f"bench_{name}_profile_top_ops.txt").write_text(prof["profile_top_ops"])
         if args.no_metrics_check:
-            nm = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc, no_metrics=True, tag="_nometrics")
+            nm = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc, no_metrics=True, tag="_nometrics",
+                               mallopt=True)
             entry["fusionrec_without_torchrec_metrics_samples_per_s"] = round(nm["samples_per_s"], 1)
             entry["fusionrec_without_torchrec_metrics_step_ms_median"] = round(nm["step_ms_median"], 1)
         results["configs"][name] = entry
-        print(json.dumps(entry, indent=1), flush=True)
+        results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps({k: v for k, v in entry.items() if k != "rounds"}, indent=1), flush=True)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")  # after each config
         if args.md:
@@ -470,32 +532,50 @@ def driver(args: argparse.Namespace) -> int:
 def render_md(results: dict, notes: str = "") -> str:
     """A markdown table of ``results`` (the --json document)."""
     lines = [
-        "# Throughput: fusionrec vs a plain PyTorch trainer (CPU)",
+        "# Throughput: fusionrec vs the best plain PyTorch trainer (CPU)",
         "",
-        f"Date {results['date']}; machine: {results['machine']}.",
+        f"Date {results['date']}; machine: {results['machine']}; load average at start "
+        f"{results.get('load_at_start')}, at end {results.get('load_at_end')}.",
         f"Command: `{results['command']}`.",
         "",
-        (
-            "| config | world | global batch | fusionrec samples/s | baseline (2 threads) samples/s | ratio | "
-            "baseline (1 thread) samples/s | ratio vs 1 thread | CPU ms / 1k samples (fusionrec · baseline 2t · 1t) |"
-        ),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| config | global batch | fusionrec samples/s | best baseline samples/s (2t · 1t) | ratio vs best "
+        "| CPU ms / 1k samples (fusionrec · 2t · 1t) | dense MFLOP/sample | dense MFU (fusionrec · best baseline) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, e in results["configs"].items():
-        f, b, b1 = e["fusionrec_runs"], e["baseline_runs"], e["baseline_1thread_runs"]
-        cpu = e.get("cpu_ms_per_1k_samples_median", {})
-        cpu_s = " · ".join(str(cpu.get(k, "–")) for k in ("fusionrec", "baseline", "baseline_1thread"))
+        cpu = e["cpu_ms_per_1k_samples"]
         lines.append(
-            f"| {name} (`{e['config']}`) | {e['world_size']} | {e['global_batch']} | {f['median']} ({f['min']}–{f['max']}) "
-            f"| {b['median']} ({b['min']}–{b['max']}) | {e['ratio']} ({min(e['ratio_runs'])}–{max(e['ratio_runs'])}) "
-            f"| {b1['median']} ({b1['min']}–{b1['max']}) | {e['ratio_vs_baseline_1thread']} "
-            f"({min(e['ratio_vs_baseline_1thread_runs'])}–{max(e['ratio_vs_baseline_1thread_runs'])}) | {cpu_s} |"
+            f"| {name} (`{e['config']}`) | {e['global_batch']} | {e['fusionrec_samples_per_s']} "
+            f"| {e['baseline_samples_per_s']} ({e['baseline_2thread_samples_per_s']} · {e['baseline_1thread_samples_per_s']}) "
+            f"| **{e['ratio_vs_best_baseline']}** ({min(e['ratio_runs'])}–{max(e['ratio_runs'])}) "
+            f"| {cpu['fusionrec']} · {cpu['baseline_2thread']} · {cpu['baseline_1thread']} "
+            f"| {e['dense_flops_per_sample'] / 1e6:.3f} | {e['mfu']:.1%} · {e['baseline_best_dense_mfu']:.1%} |"
         )
     lines += [
         "",
-        "Medians over rounds, (min–max) in brackets; ratios are per round (same neighbours), then the median.",
+        "Medians over rounds, (min–max) of the per-round ratio in brackets. Each round runs the three arms one "
+        "after the other in a rotating order and measures the single-thread GEMM rate (the best of 2048³ and the "
+        "model's three largest matmul shapes) right after; MFU = samples/s × dense FLOPs per sample ÷ (cores used × "
+        "that rate). The baseline is `benchmarks/baseline_trainer.py` (same dense modules, `nn.EmbeddingBag`, same "
+        "data and global batch, same malloc setting).",
         "",
     ]
+    for name, e in results["configs"].items():
+        if "fixed_step_overhead_ms" in e:
+            ms = e["step_ms_median"]
+            lines += [
+                f"Fixed cost per step ({name}): **{e['fixed_step_overhead_ms']} ms** per rank = fusionrec step "
+                f"{ms['fusionrec']} ms − (plain 1-thread step {ms['baseline_1thread']} ms ÷ {e['world_size']} ranks).",
+                "",
+            ]
+        lines += [f"Rounds ({name}):", "", "| round | order | load (1 min) | samples/s | ratio vs best | MFU |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for i, r in enumerate(e["rounds"]):
+            sps = " · ".join(f"{k} {v}" for k, v in r["samples_per_s"].items())
+            load = " · ".join(str(r["load_1min"][k]) for k in r["order"])
+            lines.append(f"| {i} | {' → '.join(r['order'])} | {load} | {sps} | {r['ratio_vs_best_baseline']} "
+                         f"| {r['fusionrec_dense_mfu']:.1%} |")
+        lines.append("")
     for name, e in results["configs"].items():
         bd = e.get("fusionrec_breakdown_ms_per_step")
         if not bd:
@@ -515,14 +595,13 @@ def render_md(results: dict, notes: str = "") -> str:
             "",
         ]
         if "fusionrec_without_torchrec_metrics_samples_per_s" in e:
-            off = e["fusionrec_without_torchrec_metrics_samples_per_s"]
-            off_ms = e["fusionrec_without_torchrec_metrics_step_ms_median"]
-            on_ms = statistics.median(e["median_step_ms_runs"]["fusionrec"])
-            line = (
-                f"fusionrec with torchrec.metrics updates switched off (one run): {off} samples/s "
-                f"(median step {off_ms} ms; with metrics, median step over rounds {on_ms} ms)."
-            )
-            lines += [line, ""]
+            lines += [
+                f"fusionrec with torchrec.metrics updates switched off (one run): "
+                f"{e['fusionrec_without_torchrec_metrics_samples_per_s']} samples/s (median step "
+                f"{e['fusionrec_without_torchrec_metrics_step_ms_median']} ms; "
+                f"with metrics {e['step_ms_median']['fusionrec']} ms).",
+                "",
+            ]
     if notes:
         lines += [notes, ""]
     return "\n".join(lines)
@@ -534,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", help="also write a markdown summary here")
     p.add_argument("--render", help="only render this --json document to --md (no runs)")
     p.add_argument("--notes", help="a markdown file appended to --md (analysis)")
-    p.add_argument("--configs", default="demo,large")
+    p.add_argument("--configs", default="tiny,demo,large")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--steps", type=int, default=100, help="timed steps (demo)")
