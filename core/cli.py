@@ -1,11 +1,14 @@
 """The ``fusionrec`` console script: one command over the module entry points.
 
     fusionrec generate --config configs/demo.yaml --out data/demo --rows 200000
-    fusionrec train    --config configs/demo.yaml --run-dir runs/demo      (one process)
+    fusionrec train    --nproc-per-node 2 --config configs/demo.yaml --run-dir runs/demo   (checks, then torchrun)
     fusionrec evaluate --config configs/demo.yaml --checkpoint runs/demo --data ...
     fusionrec plan     --config configs/production.yaml --world-size 64 --device cuda --hbm-gb 80
+    fusionrec export   --config configs/demo.yaml --checkpoint runs/demo --out exports/demo-int8 --quantize int8
+    fusionrec predict  --model exports/demo-int8 --data 'data/demo/eval/*.parquet' --out runs/demo/pred.parquet
 
-For several ranks, launch the module under torchrun: ``torchrun ... -m fusionrec.pipeline.train ...``.
+``fusionrec train`` checks the config and the data in one process before it starts torchrun, and
+reports a worker's config or data error as one line with exit 2 (:mod:`fusionrec.pipeline.launch`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import sys
 
 COMMANDS = {
     "generate": ("fusionrec.datasets.synthetic", "write synthetic Parquet logs for a config"),
-    "train": ("fusionrec.pipeline.train", "train (one process; use torchrun -m fusionrec.pipeline.train for more)"),
+    "train": ("fusionrec.pipeline.launch", "check the job, then train under torchrun (--nproc-per-node N, ...)"),
     "evaluate": ("fusionrec.pipeline.evaluate", "score a checkpoint on Parquet logs"),
     "plan": ("fusionrec.pipeline.plan", "plan the embedding tables for a cluster (no GPU needed)"),
+    "export": ("fusionrec.pipeline.export", "export a checkpoint as TorchScript with fp32/fp16/int8 tables"),
+    "predict": ("fusionrec.pipeline.predict", "score Parquet logs with an exported model alone"),
     "census": ("fusionrec.datasets.census", "convert the UCI Census-Income (KDD) file to Parquet logs"),
 }
 

@@ -29,6 +29,14 @@ class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint does not hold what the configured model expects; names what differs."""
 
 
+class CheckpointDamagedError(UserError):
+    """A checkpoint's files are missing or truncated; the message names the file."""
+
+
+class RunDirLockedError(UserError):
+    """Another live job holds the run dir; the message names the run dir and the holder."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
@@ -38,18 +46,37 @@ def rank_prefix() -> str:
     return f"rank {os.environ.get('RANK', '0')}/{world}: " if world > 1 else ""
 
 
+REPORT_DIR_ENV = "FUSIONREC_REPORT_DIR"
+
+
+def report_to_launcher(name: str, line: str) -> None:
+    """Leave ``line`` for the ``fusionrec train`` launcher (a file ``name`` in the directory it
+    names in ``$FUSIONREC_REPORT_DIR``), which prints it once instead of torchrun's failure
+    report; a no-op when no launcher started this process."""
+    folder = os.environ.get(REPORT_DIR_ENV)
+    if not folder:
+        return
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(line + "\n")
+    os.replace(tmp, os.path.join(folder, name))
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Report failures with the rank they happened on.
 
-    User errors print one line ``error: [rank R/W: ]message`` and exit 2, without a traceback;
+    User errors print one line ``error: [rank R/W: ]message`` and exit 2, without a traceback
+    (and leave the line for the launcher, :func:`report_to_launcher`);
     any other exception prints ``rank R/W failed: Type: message`` and propagates (torchrun's
     ``record`` then shows its traceback in the failure summary).
     """
     try:
         yield
     except USER_ERRORS as err:
-        print(f"error: {rank_prefix()}{err}", file=sys.stderr, flush=True)
+        line = f"error: {rank_prefix()}{err}"
+        report_to_launcher(f"error-rank{os.environ.get('RANK', '0')}", line)
+        print(line, file=sys.stderr, flush=True)
         sys.exit(2)
     except Exception as err:
         print(f"{rank_prefix() or 'rank 0/1: '}failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)

@@ -41,7 +41,36 @@ def _describe(tp: Any) -> str:
 def _fail(source: str, key: str, message: str) -> ConfigError:
     where = f"{source}: " if source else ""
     what = f"{key}: " if key else ""
-    return ConfigError(f"{where}{what}{message}")
+    err = ConfigError(f"{where}{what}{message}")
+    err.key, err.detail = key, message  # for blaming a --set override (see blame_override)
+    return err
+
+
+def blame_override(err: ConfigError, source: str, overrides: dict[str, str]) -> ConfigError:
+    """``err`` (raised by :func:`from_dict` for ``source``) reworded to name the ``--set``
+    argument that caused it.
+
+    ``overrides`` maps each override's canonical key path (as :func:`apply_overrides` returns
+    it, e.g. ``tasks[2].weight``) to the argument as given. An error at or under an override's
+    key is that override's; an error of a section holding overridden keys names both the file
+    and those arguments; a check across sections blames the overrides whose key it names. Any
+    other error is returned as it was."""
+    key, detail = getattr(err, "key", None), getattr(err, "detail", None)
+    if key is None or detail is None:
+        return err
+
+    def under(path: str, root: str) -> bool:
+        return not root or path == root or path.startswith((root + ".", root + "["))
+    owner = [arg for path, arg in overrides.items() if path and under(key, path)]
+    if not key:  # a check across sections: blame the overrides whose key its message names
+        owner = [arg for arg in overrides.values() if arg.split("=", 1)[0].strip() in detail]
+    if owner:
+        return ConfigError(f"--set {owner[-1]}: {key + ': ' if key else ''}{detail}")
+    inside = [arg for path, arg in overrides.items() if key and under(path, key)]
+    if inside:
+        sets = " ".join(f"--set {arg}" for arg in inside)
+        return ConfigError(f"{source} with {sets}: {key + ': ' if key else ''}{detail}")
+    return err
 
 
 def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
@@ -151,34 +180,48 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply ``key.path=value`` overrides (value parsed as YAML) to a parsed-YAML mapping.
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict[str, str]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a parsed-YAML mapping, in place.
 
     A list element is addressed by its index (``tasks.0.weight=2``) or, for lists of
-    mappings with a ``name`` key, by that name (``tasks.click.weight=2``).
+    mappings with a ``name`` key, by that name (``tasks.click.weight=2``). Returns each
+    override's canonical key path, the form :func:`from_dict` names keys in
+    (``tasks[2].weight``), mapped to the argument as given.
     """
+    applied: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"{source}: {item!r} is not of the form key.path=value")
+            raise ConfigError(f"{source} {item}: not of the form key.path=value")
         path, raw = item.split("=", 1)
         parts = path.strip().split(".")
         node: Any = data
+        canonical = ""
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(node, list):
                 index = _list_index(node, part, path, source)
+                canonical += f"[{index}]"
                 if last:
-                    node[index] = yaml.safe_load(raw)
+                    node[index] = _parse_value(raw, item, source)
                 else:
                     node = node[index]
             elif isinstance(node, dict):
+                canonical += f".{part}" if canonical else part
                 if last:
-                    node[part] = yaml.safe_load(raw)
+                    node[part] = _parse_value(raw, item, source)
                 else:
                     node = node.setdefault(part, {})
             else:
-                raise ConfigError(f"{source}: {path}: '{'.'.join(parts[:i])}' is not a mapping or list")
-    return data
+                raise ConfigError(f"{source} {item}: '{'.'.join(parts[:i])}' is not a mapping or list")
+        applied[canonical] = item
+    return applied
+
+
+def _parse_value(raw: str, item: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def _list_index(node: list, part: str, path: str, source: str) -> int:
@@ -187,11 +230,18 @@ def _list_index(node: list, part: str, path: str, source: str) -> int:
     for index, element in enumerate(node):
         if isinstance(element, dict) and element.get("name") == part:
             return index
-    raise ConfigError(f"{source}: {path}: no list element {part!r}")
+    names = [e.get("name") for e in node if isinstance(e, dict) and "name" in e]
+    have = f"; elements: {names}" if names else f"; the list has {len(node)} elements"
+    raise ConfigError(f"{source} {path}=...: no list element {part!r}{have}")
 
 
 def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
     """Read a YAML mapping from ``path`` and apply ``--set`` style overrides."""
+    return load_yaml_with_overrides(path, overrides)[0]
+
+
+def load_yaml_with_overrides(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, dict[str, str]]:
+    """:func:`load_yaml`, also returning what :func:`apply_overrides` returns (for :func:`blame_override`)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -203,4 +253,4 @@ def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return apply_overrides(data, overrides or [])
+    return data, apply_overrides(data, overrides or [])

@@ -33,6 +33,8 @@ class Batch(Pipelineable):
         stats: bad-value events in this batch's rows, ``{"counter/column": count}`` (only
             non-zero ones; see :mod:`datasets.convert`). Plain ints, so they cross
             DataLoader worker processes with the batch.
+        source: the Parquet file(s) its rows came from, set by the reader when ``stats`` is
+            not empty (else None), so a bad-value report can name where it happened.
     """
 
     dense: torch.Tensor
@@ -44,10 +46,12 @@ class Batch(Pipelineable):
     def __post_init__(self) -> None:
         self.group_ids: Optional[torch.Tensor] = None
         self.stats: dict[str, int] = {}
+        self.source: Optional[str] = None
 
     def _with_extras(self, other: "Batch", group_ids: Optional[torch.Tensor]) -> "Batch":
         other.group_ids = group_ids
         other.stats = self.stats
+        other.source = self.source
         return other
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":

@@ -35,8 +35,12 @@ class DataConfig:
     shuffle: bool = False
     #: also permute rows within windows of this many rows (>= 0; 0: no buffer; needs shuffle)
     shuffle_buffer_rows: int = 0
+    #: stop training when a bad-value counter passes this many events per row read, in [0, 1]; null: never
+    max_bad_fraction: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.max_bad_fraction is not None and not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError("max_bad_fraction must be in [0, 1]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.num_workers < 0:

@@ -65,7 +65,7 @@ from fusionrec.datasets.schema import (
     task_space_mask,
 )
 
-__all__ = ["Block", "BlockConverter", "COUNTERS", "DataError"]
+__all__ = ["Block", "BlockConverter", "COUNTERS", "DataError", "INFORMATIONAL_COUNTERS"]
 
 COUNTERS = (
     "null_dense_filled",
@@ -85,6 +85,9 @@ COUNTERS = (
     "rows_dropped_partial_batch",
     "empty_files_skipped",
 )
+#: counters that record a documented policy at work rather than a bad value; the console shows
+#: them only in the end-of-run summary and ``data.max_bad_fraction`` ignores them
+INFORMATIONAL_COUNTERS = ("empty_lists", "ids_truncated", "rows_dropped_partial_batch", "empty_files_skipped")
 
 
 

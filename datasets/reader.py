@@ -73,6 +73,7 @@ from fusionrec.datasets.convert import (
     is_id_type,
     is_list_type,
     is_number_type,
+    is_string_type,
 )
 from fusionrec.datasets.paths import _list_fs, _uri_prefix, open_parquet, resolve_paths  # noqa: F401  (re-exported)
 from fusionrec.datasets.schema import Schema
@@ -318,6 +319,8 @@ class ParquetReader(IterableDataset):
         self.columns = schema.columns
         self._converter = BlockConverter(schema)
         self._stats: dict[str, int] = {}
+        self._first_files: dict[str, str] = {}  # counter -> the file of the first batch it fired in
+        self._rows_read = 0
         self._plan()
 
         n, w, b = self.total_rows, world_size, batch_size
@@ -360,6 +363,7 @@ class ParquetReader(IterableDataset):
                     files.append(i)
                     indices.append(g)
                     rows.append(r)
+        self._column_types = first[1] if first is not None else {}
         self._group_file = np.array(files, dtype=np.int32)
         self._group_index = np.array(indices, dtype=np.int32)
         self._group_rows = np.array(rows, dtype=np.int64)
@@ -371,6 +375,16 @@ class ParquetReader(IterableDataset):
             digest.update(os.path.basename(path).encode() + b"\0")
             digest.update(self._group_rows[self._group_file == i].tobytes())
         self._fingerprint = digest.hexdigest()[:16]
+
+    def id_types(self) -> dict[str, str]:
+        """``"string"`` (hashed) or ``"integer"`` (taken modulo the table size) for every id
+        feature (sparse and sequence), from the footers (all files share one schema)."""
+        out = {}
+        for name in [f.name for f in self.schema.features.sparse] + [s.name for s in self.schema.features.sequences]:
+            t = self._column_types[name]
+            t = t.value_type if is_list_type(t) else t
+            out[name] = "string" if is_string_type(t) else "integer"
+        return out
 
     # -- sizes ------------------------------------------------------------------------
 
@@ -532,9 +546,27 @@ class ParquetReader(IterableDataset):
             totals[name] = totals.get(name, 0) + value
         return totals
 
+    @property
+    def rows_read(self) -> int:
+        """Rows of the batches handed out in this process so far (all passes)."""
+        return self._rows_read
+
+    def first_files(self) -> dict[str, str]:
+        """Per bad-value counter that fired in this process: the file(s) of the first batch it fired in."""
+        return dict(self._first_files)
+
     def _add_stats(self, stats: dict[str, int]) -> None:
         for key, value in stats.items():
             self._stats[key] = self._stats.get(key, 0) + value
+
+    def _count(self, batch: Batch) -> None:
+        """Count a batch handed out: its rows, its bad-value events and where they first happened."""
+        self._rows_read += batch.batch_size
+        if batch.stats:
+            self._add_stats(batch.stats)
+            for key, value in batch.stats.items():
+                if value:
+                    self._first_files.setdefault(key.split("/", 1)[0], batch.source or "?")
 
     def _pass_started(self) -> None:
         if self._rows_dropped:
@@ -593,10 +625,13 @@ class ParquetReader(IterableDataset):
         try:
             return self._converter.convert(table)
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
-            a = int(np.searchsorted(starts, lo, side="right")) - 1
-            b = int(np.searchsorted(starts, hi - 1, side="right")) - 1
-            files = sorted({self.paths[int(self._group_file[int(g)])] for g in order[a : b + 1]})
-            raise DataError(f"{', '.join(files)}: cannot convert rows to tensors ({err})") from None
+            raise DataError(f"{self._files_of(order, starts, lo, hi)}: cannot convert rows to tensors ({err})") from None
+
+    def _files_of(self, order: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> str:
+        """The file(s) holding rows [lo, hi) of the epoch order, comma-separated."""
+        a = int(np.searchsorted(starts, lo, side="right")) - 1
+        b = int(np.searchsorted(starts, hi - 1, side="right")) - 1
+        return ", ".join(sorted({self.paths[int(self._group_file[int(g)])] for g in order[a : b + 1]}))
 
     def _windows(self, first: int, start: int, stop: int, starts: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
         """(first batch, end batch, first row, end row) of each window from batch ``start``
@@ -639,7 +674,10 @@ class ParquetReader(IterableDataset):
                     block = block.take(rng.permutation(block.n))
                 first_row = (max(start, a) - a) * size
                 for row in range(first_row, block.n, size):
-                    yield self._converter.batch(block, row, min(row + size, block.n))
+                    batch = self._converter.batch(block, row, min(row + size, block.n))
+                    if batch.stats:
+                        batch.source = self._files_of(order, starts, lo, hi)
+                    yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             source.close()
@@ -660,7 +698,7 @@ class ParquetReader(IterableDataset):
         self._position = self._start_batch
         self._pass_started()
         for batch in batches:
-            self._add_stats(batch.stats)
+            self._count(batch)
             self._position += 1
             yield batch
 
@@ -706,7 +744,7 @@ class ReaderLoader:
         batches = iter(loader)
         try:
             for batch in batches:
-                reader._add_stats(batch.stats)
+                reader._count(batch)
                 reader._position += 1
                 yield batch
         except DataError as err:

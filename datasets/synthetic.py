@@ -569,20 +569,23 @@ def generate(schema: Schema, synthetic_cfg: SyntheticConfig, rows: int, out_dir:
 def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> tuple[Schema, SyntheticConfig]:
     """The ``features``, ``tasks`` and ``synthetic`` sections of an experiment YAML
     (other sections are ignored); raises ``ConfigError`` naming the file and key."""
-    from fusionrec.typedconfig import ConfigError, from_dict, load_yaml
+    from fusionrec.typedconfig import ConfigError, blame_override, from_dict, load_yaml_with_overrides
 
     source = str(path)
-    data = load_yaml(path, overrides)
-    features = from_dict(FeatureSchema, data.get("features"), key="features", source=source)
-    raw_tasks = data.get("tasks")
-    if not isinstance(raw_tasks, list):
-        raise ConfigError(f"{source}: tasks: expected a list of tasks, got {raw_tasks!r}")
-    tasks = [from_dict(TaskConfig, t, key=f"tasks[{i}]", source=source) for i, t in enumerate(raw_tasks)]
+    data, applied = load_yaml_with_overrides(path, overrides)
+    try:
+        features = from_dict(FeatureSchema, data.get("features"), key="features", source=source)
+        raw_tasks = data.get("tasks")
+        if not isinstance(raw_tasks, list):
+            raise ConfigError(f"{source}: tasks: expected a list of tasks, got {raw_tasks!r}")
+        tasks = [from_dict(TaskConfig, t, key=f"tasks[{i}]", source=source) for i, t in enumerate(raw_tasks)]
+        synthetic = from_dict(SyntheticConfig, data.get("synthetic"), key="synthetic", source=source)
+    except ConfigError as err:
+        raise blame_override(err, source, applied) from None
     try:
         schema = Schema(features=features, tasks=tasks)
     except ValueError as err:
         raise ConfigError(f"{source}: tasks: {err}") from None
-    synthetic = from_dict(SyntheticConfig, data.get("synthetic"), key="synthetic", source=source)
     return schema, synthetic
 
 

@@ -32,13 +32,14 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
-from fusionrec.errors import CheckpointMismatchError
+from fusionrec.errors import CheckpointDamagedError, CheckpointMismatchError
 from fusionrec.pipeline.distributed import barrier, this_rank
 
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 META = "meta.json"
 RANKS = "ranks"
+DCP_METADATA = ".metadata"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -120,6 +121,57 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def damage(path: str | Path) -> str | None:
+    """What makes checkpoint ``path`` unloadable, or None when it looks whole.
+
+    Checks what can be checked without reading the weights: ``meta.json`` parses, DCP's
+    ``.metadata`` loads, and every shard file it lists exists and is at least as long as the
+    last byte range it records there. Missing per-rank RNG states (``ranks/``) are not damage:
+    see :func:`missing_rank_states`."""
+    path = Path(path)
+    try:
+        json.loads((path / META).read_text())
+    except FileNotFoundError:
+        return f"{path / META} is missing"
+    except (OSError, ValueError) as err:
+        return f"{path / META} is unreadable ({err})"
+    if not (path / DCP_METADATA).is_file():
+        return f"{path / DCP_METADATA} is missing"
+    try:
+        storage = dcp.FileSystemReader(str(path)).read_metadata().storage_data
+    except Exception as err:  # a truncated or corrupt pickle raises any of several types
+        return f"{path / DCP_METADATA} is unreadable ({type(err).__name__}: {err})"
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing (listed in {DCP_METADATA})"
+        have = file.stat().st_size
+        if have < size:
+            return f"{file} is truncated: {have} bytes, {DCP_METADATA} needs {size}"
+    return None
+
+
+def missing_rank_states(path: str | Path, world_size: int) -> list[str]:
+    """The ``ranks/rank{r}.pt`` files (RNG states) of a checkpoint saved by ``world_size`` ranks
+    that are not there."""
+    return [f"{RANKS}/rank{r}.pt" for r in range(world_size) if not (Path(path) / RANKS / f"rank{r}.pt").is_file()]
+
+
+def newest_whole_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest published checkpoint of ``run_dir`` that is not damaged (:func:`damage`), and
+    the newer ones skipped on the way with what is wrong with each."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        problem = damage(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta_file = path / META
@@ -131,9 +183,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls.
 
-    The model part is checked first (:func:`check_compatible`), so a checkpoint of another
-    model fails with the names of the tables and parameters that differ."""
+    A damaged checkpoint (:func:`damage`) fails first, naming the missing or short file; then
+    the model part is checked (:func:`check_compatible`), so a checkpoint of another model
+    fails with the names of the tables and parameters that differ."""
     read_meta(path)
+    problem = damage(path)
+    if problem is not None:
+        raise CheckpointDamagedError(f"checkpoint {path} is damaged: {problem}")
     if "model" in state:
         check_compatible(path, state)
     dcp.load(state, checkpoint_id=str(path))

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from fusionrec.datasets.config import DataConfig, SyntheticConfig
 from fusionrec.datasets.schema import FeatureSchema, Schema, TaskConfig
-from fusionrec.typedconfig import ConfigError, from_dict, load_yaml, to_dict
+from fusionrec.typedconfig import ConfigError, blame_override, from_dict, load_yaml_with_overrides, to_dict
 from fusionrec.models.config import DTRNConfig, ModelConfig
 from fusionrec.sharding.config import ShardingConfig
 
@@ -140,10 +140,14 @@ class CheckpointConfig:
 
     every_n_steps: int = 0  #: save every this many steps, and always at the end (>= 0; 0: only at the end)
     keep_last: int = 3  #: how many of the newest checkpoints are kept; older ones are deleted (>= 1)
+    #: steps between the ranks' checks for SIGTERM / SIGUSR1, which save and stop (>= 1; see docs/reliability.md)
+    stop_check_every_n_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0 or self.keep_last < 1:
             raise ValueError("every_n_steps must be >= 0 and keep_last >= 1")
+        if self.stop_check_every_n_steps < 1:
+            raise ValueError("stop_check_every_n_steps must be at least 1")
 
 
 @dataclass
@@ -215,9 +219,13 @@ class ExperimentConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load and validate an experiment YAML, applying ``key.path=value`` overrides first."""
-    data = load_yaml(path, overrides)
-    return from_dict(ExperimentConfig, data, source=str(path))
+    """Load and validate an experiment YAML, applying ``key.path=value`` overrides first; an
+    error in an overridden key names the ``--set`` argument instead of the file."""
+    data, applied = load_yaml_with_overrides(path, overrides)
+    try:
+        return from_dict(ExperimentConfig, data, source=str(path))
+    except ConfigError as err:
+        raise blame_override(err, str(path), applied) from None
 
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config"]

@@ -109,6 +109,15 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
     return t
 
 
+def all_gather_objects(obj: object) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` for one process."""
+    if not is_multi_rank():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

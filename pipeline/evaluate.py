@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,10 +61,11 @@ def evaluate(
     predictions to ``predictions`` when given).
 
     Returns (the JSON-ready result, the full ScoreResult with curves)."""
-    model = job.build_sharded_model(cfg, info, sparse_opt=None).model
-    meta = job.load_model_weights(model, checkpoint)
     # Row ids follow the files' order only when one process reads.
     reader = job.make_reader(cfg, data, info, batch_size, train=False, num_workers=0 if predictions else None)
+    job.check_checkpoint_binding(cfg, checkpoint, reader, "evaluate")
+    model = job.build_sharded_model(cfg, info, sparse_opt=None).model
+    meta = job.load_model_weights(model, checkpoint)
     writer = None
     if predictions:
         writer = PredictionWriter(predictions_path(predictions, info), cfg.schema.task_names, reader.first_row)
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or cfg.data.eval
         if data is None:
             raise UserError("no eval data: pass --data or set data.eval in the config")
-        checkpoint = job.resolve_checkpoint(args.checkpoint)
+        checkpoint = job.resolve_checkpoint(args.checkpoint, announce=os.environ.get("RANK", "0") == "0")
         batch_size = args.batch_size or cfg.eval.batch_size or cfg.data.batch_size
         options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
         info = job.start_process_group(cfg)

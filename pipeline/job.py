@@ -2,10 +2,13 @@
 
     cfg   = load_job_config(path, overrides)             # typed, validated; no process group yet
     info  = start_process_group(cfg)                     # gloo on CPU, NCCL on CUDA; world of one without torchrun
+    lock  = lock_run_dir(run_dir, info)                  # training only: one job per run dir
     built = build_sharded_model(cfg, info, sparse_opt)   # tables on meta → TorchRec planner → DMP
     (optimizers: pipeline.optimizers.build_optimizer(built.model, ...), training only)
     reader = make_reader(cfg, spec, info, batch_size, train=...)
-    meta  = load_model_weights(built.model, resolve_checkpoint(path))   # DCP, any saved world size
+    path  = resolve_checkpoint(path)                     # newest undamaged checkpoint of a run dir
+    check_checkpoint_binding(cfg, path, reader, ...)     # the checkpoint's config and id types rule
+    meta  = load_model_weights(built.model, path)        # DCP, any saved world size
 
 ``pipeline.train``, ``pipeline.evaluate``, ``pipeline.plan`` and the benchmarks call these steps;
 no job imports another job. Each step is small on purpose: read this file top to bottom to know
@@ -23,11 +26,15 @@ from typing import Optional
 import torch
 
 from fusionrec.datasets.reader import ParquetReader, resolve_paths
-from fusionrec.errors import UserError
+from fusionrec.errors import CheckpointDamagedError, ConfigError, UserError
 from fusionrec.models import MultiTaskModel, build_model
+from fusionrec.pipeline import binding
 from fusionrec.pipeline import checkpoint as ckpt
 from fusionrec.pipeline.config import ExperimentConfig, OptimizerConfig, load_config
-from fusionrec.pipeline.distributed import DistInfo, init_distributed
+from fusionrec.pipeline.distributed import DistInfo, all_reduce, init_distributed
+from fusionrec.pipeline.lifecycle import watch_parent
+from fusionrec.pipeline.logs import say
+from fusionrec.pipeline.runlock import RunDirLock, locked_error
 from fusionrec.pipeline.optimizers import fuse_sparse_optimizer
 from fusionrec.sharding.planner import describe_plan, plan_and_shard
 from fusionrec.sharding.report import PlanRecorder, PlanSummary, quiet_planner
@@ -73,8 +80,26 @@ def load_job_config(path: str, overrides: list[str]) -> ExperimentConfig:
 
 
 def start_process_group(cfg: ExperimentConfig) -> DistInfo:
-    """Join torchrun's process group (or make a world of one); picks the device from ``train.device``."""
+    """Join torchrun's process group (or make a world of one); picks the device from ``train.device``.
+
+    Under torchrun this process also ends itself once its agent is gone (:func:`watch_parent`)."""
+    watch_parent()
     return init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+
+
+def lock_run_dir(run_dir: Path, info: DistInfo) -> Optional[RunDirLock]:
+    """Rank 0 takes the run dir's exclusive lock (:mod:`pipeline.runlock`) for the job's life;
+    when another live job holds it, every rank stops with one line naming the run dir and the
+    holder (collective). Returns the lock on rank 0, None elsewhere."""
+    lock, refused = None, None
+    if info.is_main:
+        try:
+            lock = RunDirLock(run_dir).acquire()
+        except UserError as err:
+            refused = err
+    if int(all_reduce(torch.tensor([int(refused is not None)]))):
+        raise refused if refused is not None else locked_error(run_dir)
+    return lock
 
 
 # ----------------------------------------------------------------------------- 3. the model, planned and sharded
@@ -97,7 +122,10 @@ class ShardedModel:
 def build_meta_model(cfg: ExperimentConfig, sparse_opt: OptimizerConfig | None) -> MultiTaskModel:
     """The model with its embedding tables on the meta device (no table memory allocated) and,
     with ``sparse_opt``, that optimizer fused into the tables' backward, as training runs it."""
-    model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
+    try:
+        model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
+    except ValueError as err:  # the model builders raise ValueError for configs they cannot build
+        raise ConfigError(f"model: {err}") from None
     if sparse_opt is not None:
         fuse_sparse_optimizer((model.ebc, model.ec), sparse_opt)
     return model
@@ -150,15 +178,37 @@ def make_reader(
 # ----------------------------------------------------------------------------- 5. the checkpoint
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir as given, or the newest complete checkpoint of a run dir."""
+def resolve_checkpoint(path: str | Path, announce: bool = True) -> Path:
+    """A checkpoint dir as given, or the newest undamaged checkpoint of a run dir.
+
+    A checkpoint named explicitly must be whole (:func:`checkpoint.damage`), else this stops
+    with one line naming the missing or short file. Of a run dir, damaged checkpoints are
+    skipped, newest first, each with a line saying why (when ``announce``)."""
     p = Path(path)
     if (p / ckpt.META).is_file():
+        problem = ckpt.damage(p)
+        if problem is not None:
+            raise CheckpointDamagedError(f"checkpoint {p} is damaged: {problem}")
         return p
-    latest = ckpt.latest_checkpoint(p)
-    if latest is None:
+    found, skipped = ckpt.newest_whole_checkpoint(p)
+    for bad, problem in skipped:
+        say(f"skipping damaged checkpoint {bad}: {problem}", enabled=announce)
+    if found is None:
+        if skipped:
+            raise CheckpointDamagedError(f"{path}: every checkpoint is damaged; the newest: {skipped[0][1]}")
         raise UserError(f"{path} is neither a complete checkpoint (no {ckpt.META}) nor a run dir holding one")
-    return latest
+    return found
+
+
+def check_checkpoint_binding(
+    cfg: ExperimentConfig, checkpoint: Path, reader: Optional[ParquetReader], purpose: str
+) -> None:
+    """Stop unless ``cfg`` defines the model ``checkpoint`` was trained as (its ``config.yaml``)
+    and ``reader``'s data has each id feature of the type it was trained on (:mod:`pipeline.binding`)."""
+    binding.check_config(checkpoint, cfg.to_dict(), purpose)
+    if reader is not None:
+        saved = ckpt.read_meta(checkpoint).get("id_types")
+        binding.check_id_types(checkpoint, saved, reader.id_types(), reader.paths[0])
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> dict:

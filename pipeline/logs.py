@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 
 def quiet_third_party() -> None:
@@ -20,10 +20,11 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def say(message: str, *, enabled: bool = True, stream: TextIO = sys.stdout) -> None:
-    """Print one line (rank 0 passes enabled=True; other ranks stay quiet)."""
+def say(message: str, *, enabled: bool = True, stream: Optional[TextIO] = None) -> None:
+    """Print one line to ``stream`` (default: the current ``sys.stdout``); rank 0 passes
+    enabled=True, other ranks stay quiet."""
     if enabled:
-        print(message, file=stream, flush=True)
+        print(message, file=stream or sys.stdout, flush=True)
 
 
 class JsonlLog:

@@ -9,6 +9,9 @@ process group → model with meta-device tables → TorchRec planner → Distrib
 This module adds the loop: TrainPipelineSparseDist steps, periodic evaluation in drained
 pipeline segments, logs, and DCP checkpoints in ``RUN_DIR/checkpoints``. After an elastic
 restart (torchrun ``--max-restarts``) the job resumes from the newest complete checkpoint by itself.
+SIGTERM or SIGUSR1 (preemption) make every rank finish its step, save a checkpoint there and
+exit 0 (:mod:`pipeline.lifecycle`); bad input data shows on the console at each log line
+(:mod:`pipeline.data_health`).
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from fusionrec.datasets.batch import Batch
 from fusionrec.datasets.reader import ParquetReader, make_loader
-from fusionrec.errors import UserError, exit_on_user_error
+from fusionrec.errors import UserError, exit_on_user_error, report_to_launcher
 from fusionrec.models.multitask import StepOutput
 from fusionrec.pipeline import checkpoint as ckpt
-from fusionrec.pipeline import job
+from fusionrec.pipeline import data_health, job
 from fusionrec.pipeline.cli_common import add_common_args
 from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
 from fusionrec.pipeline.distributed import DistInfo, all_reduce, shutdown
+from fusionrec.pipeline.lifecycle import StopRequest, signal_name
 from fusionrec.pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
 from fusionrec.pipeline.optimizers import build_optimizer
 from fusionrec.pipeline.scoring import score
@@ -109,14 +113,6 @@ def pipeline_steps(pipeline: TrainPipelineSparseDist, batches: Iterable[Batch]) 
         yield out
 
 
-def data_stats(reader: ParquetReader, device: torch.device) -> dict[str, int]:
-    """The reader's bad-value and drop counters, summed over all ranks (collective)."""
-    stats = reader.data_stats()
-    keys = sorted(stats)
-    values = all_reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
-    return {k: int(v) for k, v in zip(keys, values.tolist())}
-
-
 class LossWindow:
     """Mean training loss, total and per task, over the steps since the last log line and
     over all ranks: the losses the model computed, summed on the device; the only host sync
@@ -189,12 +185,16 @@ class Trainer:
             self.model, self.model.fused_optimizer, cfg.train, self.max_steps
         )
         self.state = TrainerState()
+        self.stop = StopRequest()
+        self.stopped_by = 0  # the signal the ranks agreed to stop on (0: none)
+        self.last_saved: Optional[tuple[int, Path]] = None
         self.global_batch = cfg.data.batch_size * info.world_size
         self.jsonl = JsonlLog(run_dir / "train_log.jsonl" if self.main else None)
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self, path: Path) -> None:
         meta = ckpt.read_meta(path)
+        job.check_checkpoint_binding(self.cfg, path, self.reader, "resume")
         if meta["world_size"] != self.info.world_size:
             raise UserError(
                 f"{path} was saved by {meta['world_size']} ranks; resuming the reader position needs the same "
@@ -213,6 +213,13 @@ class Trainer:
         rank_state = ckpt.load_rank_state(path, self.info.rank)
         if rank_state is not None:
             ckpt.set_rng_state(rank_state["rng"], self.info.device)
+        missing = ckpt.missing_rank_states(path, meta["world_size"])
+        if missing:
+            say(
+                f"warning: {path} lacks {', '.join(missing)} (RNG states): those ranks resume with fresh RNG "
+                "states, so dropout and other random draws will not repeat an uninterrupted run",
+                enabled=self.main,
+            )
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.jsonl.write({"event": "resumed", "step": self.state.step, "checkpoint": str(path), "attempt": attempt})
         say(f"resumed from {path} at step {self.state.step}", enabled=self.main)
@@ -226,6 +233,7 @@ class Trainer:
             "trainer": asdict(s),
             "lr_scheduler": self.scheduler.state_dict(),
             "reader": self.reader.state_dict(epoch=s.epoch, batches_consumed=s.batch_in_epoch),
+            "id_types": self.reader.id_types(),
         }
         path = ckpt.save_checkpoint(
             self.run_dir,
@@ -238,6 +246,7 @@ class Trainer:
             rank_state={"rng": ckpt.rng_state(self.info.device)},
         )
         say(f"checkpoint {path}", enabled=self.main)
+        self.last_saved = (s.step, path)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, pipeline: TrainPipelineSparseDist) -> dict[str, dict]:
@@ -299,21 +308,31 @@ class Trainer:
         self.bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
         self.window_start = time.perf_counter()
         every_ckpt, every_eval = cfg.checkpoint.every_n_steps, cfg.train.eval_every_n_steps
+        every_stop_check = cfg.checkpoint.stop_check_every_n_steps
         self.model.train()
-        for end in self.segment_ends():
-            before = s.step
-            for out in pipeline_steps(pipeline, itertools.islice(stream, end - s.step)):
-                self.after_step(out)
-                if every_ckpt and s.step % every_ckpt == 0:
-                    self.save()
-            if s.step == before:
-                break  # the data ran out
-            if every_eval and s.step % every_eval == 0 and self.evaluate_and_decide(pipeline):
-                break
-        self.bar.close()
-        self.board.close()
-        if not (every_ckpt and s.step % every_ckpt == 0):
-            self.save()
+        self.stop.install()
+        try:
+            for end in self.segment_ends():
+                before = s.step
+                for out in pipeline_steps(pipeline, itertools.islice(stream, end - s.step)):
+                    self.after_step(out)
+                    if every_ckpt and s.step % every_ckpt == 0:
+                        self.save()
+                    if s.step % every_stop_check == 0 and s.step < self.max_steps:
+                        self.stopped_by = self.stop.agreed()
+                        if self.stopped_by:
+                            break
+                if self.stopped_by or s.step == before:
+                    break  # a stop signal, or the data ran out
+                if every_eval and s.step % every_eval == 0 and self.evaluate_and_decide(pipeline):
+                    break
+            self.bar.close()
+            self.board.close()
+            if self.last_saved is None or self.last_saved[0] != s.step:
+                self.save()
+        finally:
+            self.stop.restore()
+        self.report_data(data_health.gather_counters(self.reader, self.info.device), final=True)
         return s
 
     def after_step(self, out: StepOutput) -> None:
@@ -340,7 +359,7 @@ class Trainer:
         record["samples_per_s"] = round(steps * self.global_batch / elapsed, 1)
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["metrics"] = self.metrics.compute()
-        record["data"] = data_stats(self.reader, self.info.device)
+        record["data"] = data_health.gather_counters(self.reader, self.info.device)
         self.jsonl.write(record)
         self.board.write(record)
         self.bar.show(record)
@@ -348,7 +367,19 @@ class Trainer:
         self.bar.say(
             f"step {s.step}/{self.max_steps} loss={record['loss']:.4f} [{tasks}] {record['samples_per_s']:.0f} samples/s"
         )
+        self.report_data(record["data"], final=False)
         self.window_start = time.perf_counter()
+
+    def report_data(self, totals: dict[str, int], final: bool) -> None:
+        """Rank 0 prints the non-zero bad-value counters of ``totals`` (summed over ranks; at the
+        end every non-zero counter), and past ``data.max_bad_fraction`` every rank stops with a
+        DataError naming the counter, its rate and the first file where it happened (collective)."""
+        line = data_health.console_line(totals, everything=final)
+        if line is not None and final:
+            say(line, enabled=self.main)
+        elif line is not None:
+            self.bar.say(line)
+        data_health.check_bad_fraction(totals, self.cfg.data.max_bad_fraction, self.reader)
 
     def evaluate_and_decide(self, pipeline: TrainPipelineSparseDist) -> bool:
         """Evaluate at this step, log it, and say whether early stopping ends the run."""
@@ -366,15 +397,25 @@ class Trainer:
         return stop
 
 
-def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> TrainerState:
-    trainer = Trainer(cfg, run_dir, info)
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume or restarted else None
-    if latest is not None:
-        trainer.restore(latest)
-    elif resume:
-        say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=info.is_main)
-    return trainer.run()
+def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> Trainer:
+    """Lock the run dir, build the trainer, resume when asked (or after an elastic restart) from
+    the newest undamaged checkpoint, and run; returns the trainer once it has stopped."""
+    lock = job.lock_run_dir(run_dir, info)
+    try:
+        trainer = Trainer(cfg, run_dir, info)
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        latest = None
+        if (resume or restarted) and ckpt.list_checkpoints(run_dir):
+            latest = job.resolve_checkpoint(run_dir, announce=info.is_main)
+        if latest is not None:
+            trainer.restore(latest)
+        elif resume:
+            say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=info.is_main)
+        trainer.run()
+        return trainer
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @record
@@ -386,8 +427,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = job.load_job_config(args.config, config_overrides(args))
         info = job.start_process_group(cfg)
         try:
-            state = train(cfg, Path(args.run_dir), args.resume, info)
-            say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)
+            trainer = train(cfg, Path(args.run_dir), args.resume, info)
+            state = trainer.state
+            if trainer.stopped_by:
+                line = (
+                    f"stopped by {signal_name(trainer.stopped_by)} at step {state.step}: checkpoint "
+                    f"{trainer.last_saved[1]}; continue with --resume"
+                )
+                say(line, enabled=info.is_main)
+                if info.is_main:
+                    report_to_launcher("stopped", line)
+            else:
+                say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)
         finally:
             shutdown()
     return 0

@@ -1,5 +1,5 @@
 """Per-task training metrics through torchrec.metrics: windowed and lifetime NE, AUC,
-calibration and CTR for binary tasks, MSE and MAE for regression tasks, and throughput.
+calibration and CTR for binary tasks, MSE, RMSE and MAE for regression tasks, and throughput.
 
 ``update`` runs every step on device tensors (no host sync). ``compute`` is collective —
 every rank calls it at the same step — and returns plain floats keyed
@@ -78,10 +78,14 @@ class TrainMetrics:
         """Collective: call on every rank at the same step."""
         out = {}
         for key, value in self.module.compute().items():
-            # torchrec keys look like "ne-click|window_ne"; report "ne/click/window".
+            # torchrec keys look like "ne-click|window_ne"; report "ne/click/window". The metric's
+            # name comes from the tail: torchrec's MSE module also reports "mse-score|window_rmse",
+            # which must not overwrite the MSE under the name "mse".
             head, _, tail = key.partition("|")
             metric, _, task = head.partition("-")
-            window = "window" if tail.startswith("window") else "lifetime" if tail.startswith("lifetime") else tail
-            name = f"throughput/{tail}" if metric == "throughput" else f"{metric}/{task}/{window}"
+            window, _, computed = tail.partition("_")
+            if window not in ("window", "lifetime"):
+                window, computed = tail, metric
+            name = f"throughput/{tail}" if metric == "throughput" else f"{computed or metric}/{task}/{window}"
             out[name] = float(value)
         return out

@@ -40,12 +40,23 @@ def test_overrides_by_path_and_list_name(repo_root):
         ("sharding.constraints.user.sharding_types=[diagonal]", "sharding.constraints.user.sharding_types[0]", "one of"),
     ],
 )
-def test_bad_values_name_file_and_key(repo_root, override, key, words):
+def test_bad_overrides_name_the_set_argument_and_key(repo_root, override, key, words):
     with pytest.raises(ConfigError) as err:
-        load_config(repo_root / DEMO, [override])
+        load_config(repo_root / DEMO, ["data.batch_size=64", override])
     message = str(err.value)
-    assert message.startswith(str(repo_root / DEMO))
+    # The value came from --set, not from the file: the message names the argument as given,
+    # first when the bad key is the overridden one, after the file when a check of the
+    # enclosing section refused it.
+    assert message.startswith(f"--set {override}: ") or message.startswith(f"{repo_root / DEMO} with --set {override}: ")
+    assert "data.batch_size=64" not in message
     assert key in message and words in message
+
+
+def test_bad_values_in_the_file_name_the_file(repo_root, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text((repo_root / DEMO).read_text().replace("log_every: 50", "log_every: fifty"))
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.log_every: expected an integer"):
+        load_config(path, ["train.max_steps=3"])
 
 
 def test_missing_required_key(tmp_path):

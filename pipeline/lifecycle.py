@@ -1,0 +1,96 @@
+"""How a worker process ends when the cluster ends it: preemption signals and a lost agent.
+
+**Preemption.** Kubernetes and Slurm send SIGTERM before they kill a job (torchrun's agent
+forwards it to every worker and SIGKILLs them 30 s later); Slurm's ``--signal=USR1@T`` sends
+SIGUSR1 T seconds before the time limit. :class:`StopRequest` turns either signal into a request
+that the train loop reads at a step boundary; the ranks agree through one all-reduce (any rank
+may get the signal first, or alone), save a checkpoint at that step and exit 0.
+
+**A lost agent.** When the torchrun agent dies without stopping its workers (SIGKILL, OOM
+killer), they would go on training and publishing checkpoints as orphans of PID 1.
+:func:`watch_parent` polls the parent pid and ends this process within ``poll_s`` once it
+changes, without saving: a save in progress stays an unpublished ``.tmp-`` directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Optional
+
+import torch
+
+from fusionrec.errors import rank_prefix
+from fusionrec.pipeline.distributed import all_reduce
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 handlers that only record the signal; :meth:`agreed` is the collective
+    that tells every rank whether any rank got one."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.received:
+            self.received = signum
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def agreed(self) -> int:
+        """Collective (every rank calls it at the same step): the signal number that some rank
+        received (the highest, if several), or 0."""
+        return int(all_reduce(torch.tensor([self.received], dtype=torch.int64), op=torch.distributed.ReduceOp.MAX))
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def watch_parent(poll_s: float = 0.5) -> Optional[threading.Thread]:
+    """Under torchrun, end this process (exit 1, one line on stderr) within ``poll_s`` seconds of
+    its parent, the torchrun agent, going away; returns the watching thread (None outside torchrun).
+
+    A poll and not ``prctl(PR_SET_PDEATHSIG)``: the death signal fires when the parent *thread*
+    that forked the worker exits, not the agent process, and it cannot say why the worker stopped."""
+    if not under_torchrun():
+        return None
+    parent = os.getppid()
+
+    def stop() -> None:
+        print(
+            f"error: {rank_prefix()}the torchrun agent (pid {parent}) is gone; stopping without saving",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        stop()
+
+    if parent == 1:  # the agent died before this worker got here
+        stop()
+    thread = threading.Thread(target=watch, name="fusionrec-parent-watch", daemon=True)
+    thread.start()
+    return thread
