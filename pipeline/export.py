@@ -95,6 +95,34 @@ def quantized_collection(module: nn.Module | None, quantize: str) -> nn.Module |
         delattr(module, qm.MODULE_ATTR_ROW_ALIGNMENT_INT)
 
 
+def _trace_head(head: DenseHead, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of the dense head, with DTRN's TIM swapped for its scripted
+    per-length form (``models.inference.PerLengthInterests``: a trace would freeze the bucket
+    plan of the example batch, a script keeps it per batch). Any other module that can pick a
+    data-dependent path (``per_length``) is traced in its static one. The model is restored."""
+    from fusionrec.models.dtrn import TaskInterestModule  # noqa: PLC0415
+    from fusionrec.models.inference import compile_per_length_interests  # noqa: PLC0415
+
+    swapped = []
+    for parent in list(head.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, TaskInterestModule):
+                swapped.append((parent, name, child))
+    static = [m for m in head.modules() if hasattr(m, "per_length") and not isinstance(m, TaskInterestModule)]
+    saved = [m.per_length for m in static]
+    try:
+        for parent, name, child in swapped:
+            setattr(parent, name, compile_per_length_interests(child))
+        for m in static:
+            m.per_length = False
+        return torch.jit.trace(head, inputs)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+        for m, value in zip(static, saved):
+            m.per_length = value
+
+
 def compile_inference_model(
     model: MultiTaskModel, schema: Schema, quantize: str, example: Batch
 ) -> tuple[torch.jit.ScriptModule, list[str], InferenceModel]:
@@ -102,9 +130,8 @@ def compile_inference_model(
 
     1. The embedding collections become TorchRec's quantised ones (:func:`quantized_collection`).
     2. The dense head (bottom, fusion, towers) is recorded by ``torch.jit.trace`` on
-       ``example``'s lookups, with every module that can choose a data-dependent computation
-       (DTRN's per-length encoding reads the batch's lengths on the host) set to its static one
-       (``per_length = False``; equal to float rounding), so the graph holds for any batch.
+       ``example``'s lookups (:func:`_trace_head`), DTRN's per-length sequence encoding, whose
+       bucket plan depends on the batch, kept as a scripted call inside the trace.
     3. The whole model is traced by TorchRec's FX tracer with the head as one leaf call, inputs
        the schema does not use are removed from the signature, the traced head is put in, and
        ``torch.jit.script`` compiles it.
@@ -124,15 +151,7 @@ def compile_inference_model(
     full_inputs = (example.dense.float(), sparse.values().long(), sparse.lengths().int(), weights,
                    example.sequence.values().long(), example.sequence.lengths().int())
     head_inputs = tuple(wrapper.head_inputs(*full_inputs))
-    static = [m for m in head.modules() if hasattr(m, "per_length")]
-    saved = [m.per_length for m in static]
-    for m in static:
-        m.per_length = False
-    try:
-        traced_head = torch.jit.trace(head, head_inputs)
-    finally:
-        for m, value in zip(static, saved):
-            m.per_length = value
+    traced_head = _trace_head(head, head_inputs)
     graph = Tracer(leaf_modules=[DenseHead.__name__]).trace(wrapper)
     graph_module = torch.fx.GraphModule(wrapper, graph)
     for node in list(graph_module.graph.nodes):

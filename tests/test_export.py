@@ -5,10 +5,12 @@ bad arguments fail with one line; a killed export leaves nothing behind."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -74,7 +76,8 @@ def test_manifest_describes_the_artifact(served):
     assert manifest["inputs"][3]["kjt_keys"] == ["click_seq", "like_seq", "buy_seq", "item_id"]
     assert manifest["source"]["step"] == 60 and manifest["source"]["world_size"] == 2
     ids = {f["column"]: f for f in manifest["features"]["ids"]}
-    assert ids["click_seq"]["max_len"] == 20 and ids["user_tags"]["pooling"] == "mean" and ids["user_id"]["num_embeddings"] == 20000
+    assert ids["click_seq"]["max_len"] == 20 and ids["user_tags"]["pooling"] == "mean"
+    assert ids["user_id"]["num_embeddings"] == 20000 and ids["item_id"]["input"] == "sequence"
     # int8 rows of dim 16: 16 bytes + fp16 scale and bias, packed: 20 of fp32's 64 bytes.
     assert manifest["embedding_bytes"] == manifest["fp32_embedding_bytes"] * 20 // 64
     fp32 = json.loads((served["exports"]["none"] / "manifest.json").read_text())
@@ -119,13 +122,10 @@ def test_loads_and_scores_without_fusionrec(served, tmp_path):
     names = [i["name"] for i in manifest["inputs"]]
     eval_files = sorted(str(p) for p in (served["logs"] / "eval").glob("*.parquet"))
     batches, rows = [], []
-    start = 0
     for size in (1, 64, 512):
-        reader = ParquetReader(eval_files, schema, size, drop_last=False)
-        batch = next(iter(reader))
+        batch = next(iter(ParquetReader(eval_files, schema, size, drop_last=False)))
         batches.append(artifact.batch_inputs(batch, names))
-        rows.append(np.arange(size))  # every reader starts at row 0 of the eval files
-        start += size
+        rows.append(np.arange(size))  # each reader starts at row 0 of the eval files
     torch.save(batches, tmp_path / "batches.pt")
     reference = served["eval"]
     for q in ("none", "int8"):
@@ -186,43 +186,77 @@ def test_every_model_exports_exactly(variant):
         assert expected.std() > 1e-3  # the comparison is not between two constants
 
 
-def test_bad_arguments_fail_with_one_line(served, tmp_path):
+def test_scripted_bucket_plan_equals_dtrn():
+    """The TorchScript port of DTRN's length-bucket plan makes the same buckets."""
+    from fusionrec.models.dtrn import length_buckets
+    from fusionrec.models.inference import length_buckets_script
+
+    g = np.random.default_rng(0)
+    for trial in range(200):
+        counts = [int(c) if g.random() < 0.6 else 0 for c in g.integers(1, 50, size=int(g.integers(1, 25)))]
+        overhead = int(g.choice([0, 8, 96, 1000]))
+        assert length_buckets_script(counts, overhead) == length_buckets(counts, overhead), (counts, overhead)
+
+
+def test_bad_arguments_fail_with_one_line(served, tmp_path, capsys):
+    from fusionrec.pipeline import export
+
     ckpt = str(served["root"] / "run")
+    # The real command line once: exit status 2 and one line on stderr.
+    proc = subprocess.run([*EXPORT, "--checkpoint", ckpt, "--out", str(tmp_path / "a"), "--quantize", "int4"],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --quantize 'int4': unknown quantisation; choose one of none, fp16, int8"], proc.stderr
+    # The other cases through the same entry point, in this process.
     cases = [
-        (["--checkpoint", ckpt, "--out", str(tmp_path / "a"), "--quantize", "int4"], "--quantize 'int4': unknown quantisation"),
         (["--checkpoint", ckpt, "--out", str(served["exports"]["none"])], "exists and is not empty (pass --force"),
         (["--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--set", "features.tables.user.num_embeddings=999"],
          "table 'user' (model.ebc.embedding_bags.user.weight): checkpoint [20000, 16], model [999, 16]"),
         (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")], "is neither a complete checkpoint"),
     ]
     for args, message in cases:
-        proc = subprocess.run([*EXPORT, *args], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["--config", CONFIG, *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no b/, c/, no .tmp- leftovers
+    assert (served["exports"]["none"] / "model.pt").is_file()  # the refused --out is untouched
     proc = subprocess.run([*PREDICT, "--model", str(tmp_path), "--data", "x", "--out", str(tmp_path / "p.parquet")],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: not an exported model (no manifest.json)"
 
 
-def test_force_replaces_and_a_killed_export_leaves_nothing(served, tmp_path):
+def test_a_killed_export_leaves_the_old_dir_and_force_replaces_it(served, tmp_path):
     ckpt = str(served["root"] / "run")
-    out = tmp_path / "model"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
-    run([*EXPORT, "--checkpoint", ckpt, "--out", str(out), "--quantize", "fp16", "--force"])
-    assert not (out / "stale.txt").exists() and json.loads((out / "manifest.json").read_text())["quantize"] == "fp16"
-
-    target = tmp_path / "killed"
-    proc = subprocess.Popen([*EXPORT, "--checkpoint", ckpt, "--out", str(target)], cwd=REPO, env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("the previous export")
+    command = [*EXPORT, "--checkpoint", ckpt, "--out", str(target), "--quantize", "fp16", "--force"]
+    proc = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not any(p.name.startswith(".tmp-killed") for p in tmp_path.iterdir()):
+    while not any(p.name.startswith(".tmp-model-") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.time() < deadline, "the export never started writing"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not target.exists()
-    run([*EXPORT, "--checkpoint", ckpt, "--out", str(target)])  # the next export clears the dead one's leftovers
-    assert (target / "model.pt").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]  # nothing half-written in --out
+    run(command)  # the next export clears the dead one's leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert not (target / "old.txt").exists() and json.loads((target / "manifest.json").read_text())["quantize"] == "fp16"
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None, reason="needs cmake and a C++ compiler")
+def test_a_libtorch_program_loads_the_export(served, tmp_path):
+    """examples/serving_cpp: compiled against the libtorch in torch's wheel, it dlopens FBGEMM's
+    operator libraries, loads model.pt and reproduces the exporter's example outputs exactly."""
+    import fbgemm_gpu
+
+    build = tmp_path / "build"
+    run(["cmake", "-S", str(REPO / "examples" / "serving_cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"], timeout=300)
+    run(["cmake", "--build", str(build), "-j2"], timeout=600)
+    for q in ("none", "int8"):
+        proc = run([str(build / "serve_export"), str(Path(fbgemm_gpu.__file__).parent), str(served["exports"][q]), "3"])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["max_abs_diff"] == 0 and result["output_shape"] == [64, 3] and result["manifest_bytes"] > 1000
