@@ -23,7 +23,9 @@ from typing import Any, Optional
 
 import yaml
 
-from fusionrec.errors import CheckpointMismatchError
+from fusionrec.errors import CheckpointMismatchError, UserError
+from fusionrec.pipeline.config import ExperimentConfig
+from fusionrec.typedconfig import from_dict
 
 CONFIG_FILE = "config.yaml"
 #: keys of ``features`` that do not reach the model (sample weights, GAUC groups)
@@ -77,6 +79,17 @@ def saved_config(checkpoint: Path) -> Optional[dict]:
     return yaml.safe_load(file.read_text()) if file.is_file() else None
 
 
+def with_defaults(saved: dict) -> dict:
+    """``saved`` as today's typed config reads it: keys added to fusionrec after the checkpoint
+    was written take their defaults, so an older checkpoint is compared on what it meant, not
+    refused for a key it could not know. A saved config that today's loader refuses (a key since
+    removed) is compared as written."""
+    try:
+        return from_dict(ExperimentConfig, saved, source=CONFIG_FILE).to_dict()
+    except (UserError, ValueError):
+        return saved
+
+
 def check_config(checkpoint: Path, config: dict, purpose: str) -> None:
     """Stop when ``config`` (the job's resolved config as plain data) defines another model than
     the one ``checkpoint`` was trained with; ``purpose`` (e.g. "evaluate", "resume") words the
@@ -84,7 +97,7 @@ def check_config(checkpoint: Path, config: dict, purpose: str) -> None:
     saved = saved_config(checkpoint)
     if saved is None:
         return
-    found = differences(model_defining(saved), model_defining(config))
+    found = differences(model_defining(with_defaults(saved)), model_defining(config))
     if found:
         shown = "; ".join(found[:6]) + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
         raise CheckpointMismatchError(
