@@ -362,6 +362,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@torch.no_grad()
 def _export_into(tmp: Path, cfg: ExperimentConfig, checkpoint: Path, quantize: str, batch_size: int, config_path: str) -> dict:
     """Load, convert, check and write model, example files and manifest into ``tmp``."""
     schema = cfg.schema
