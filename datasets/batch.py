@@ -24,6 +24,9 @@ class Batch(Pipelineable):
             ``FeatureSchema.sequence_table_features`` order (stride B).
         labels: [B, T] float32, one column per task in ``Schema.tasks`` order.
         weights: [B] float32 sample weights (1 when the schema has no weight column).
+        mc_sparse / mc_sequence: the KJTs of the same kinds of features on collision-managed
+            tables (``TableConfig.collision``; keys from ``FeatureSchema.batch_features()``),
+            with raw ids for TorchRec's managed-collision modules; None without such tables.
 
     Two more attributes ride along without being dataclass fields (so the model and the
     train pipeline never see them); ``to`` and ``pin_memory`` keep them:
@@ -42,6 +45,8 @@ class Batch(Pipelineable):
     sequence: KeyedJaggedTensor
     labels: torch.Tensor
     weights: torch.Tensor
+    mc_sparse: Optional[KeyedJaggedTensor] = None
+    mc_sequence: Optional[KeyedJaggedTensor] = None
 
     def __post_init__(self) -> None:
         self.group_ids: Optional[torch.Tensor] = None
@@ -61,6 +66,8 @@ class Batch(Pipelineable):
             sequence=self.sequence.to(device=device, non_blocking=non_blocking),
             labels=self.labels.to(device=device, non_blocking=non_blocking),
             weights=self.weights.to(device=device, non_blocking=non_blocking),
+            mc_sparse=None if self.mc_sparse is None else self.mc_sparse.to(device=device, non_blocking=non_blocking),
+            mc_sequence=None if self.mc_sequence is None else self.mc_sequence.to(device=device, non_blocking=non_blocking),
         )
         group_ids = None if self.group_ids is None else self.group_ids.to(device=device, non_blocking=non_blocking)
         return self._with_extras(moved, group_ids)
@@ -71,6 +78,9 @@ class Batch(Pipelineable):
         self.sequence.record_stream(stream)
         self.labels.record_stream(stream)
         self.weights.record_stream(stream)
+        for kjt in (self.mc_sparse, self.mc_sequence):
+            if kjt is not None:
+                kjt.record_stream(stream)
         if self.group_ids is not None:
             self.group_ids.record_stream(stream)
 
@@ -81,6 +91,8 @@ class Batch(Pipelineable):
             sequence=self.sequence.pin_memory(),
             labels=self.labels.pin_memory(),
             weights=self.weights.pin_memory(),
+            mc_sparse=None if self.mc_sparse is None else self.mc_sparse.pin_memory(),
+            mc_sequence=None if self.mc_sequence is None else self.mc_sequence.pin_memory(),
         )
         return self._with_extras(pinned, None if self.group_ids is None else self.group_ids.pin_memory())
 

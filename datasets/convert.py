@@ -28,6 +28,8 @@ integer id < 0                             ``id mod num_embeddings`` (floor modu
 integer id >= num_embeddings               ``id mod num_embeddings`` [ids_out_of_range_wrapped]
 string id                                  hashed (:mod:`datasets.hashing`), then mod; never
                                            counted
+any id of a collision-managed table        raw: ``mc_ids`` spreads it over [0, 2**63 - 1)
+                                           (strings hashed first), no modulo, never counted
 list longer than ``max_len``               pooled features keep the first ``max_len`` ids,
                                            sequences the most recent [ids_truncated]
 per-id weight list null or of another      that row's weights are 1.0
@@ -55,7 +57,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from fusionrec.datasets.batch import Batch
 from fusionrec.errors import DataError
-from fusionrec.datasets.hashing import hash_strings
+from fusionrec.datasets.hashing import hash_strings, mc_ids
 from fusionrec.datasets.schema import (
     DenseNormalization,
     Schema,
@@ -224,6 +226,8 @@ class Block:
     weights: np.ndarray
     group_ids: Optional[np.ndarray] = None
     counts: dict[str, np.ndarray] = field(default_factory=dict)
+    mc_sparse: list[Jagged] = field(default_factory=list)  # keys of collision-managed bag tables
+    mc_sequence: list[Jagged] = field(default_factory=list)  # ... and of collision-managed sequence tables
 
     @property
     def n(self) -> int:
@@ -238,6 +242,8 @@ class Block:
             self.weights[rows],
             None if self.group_ids is None else self.group_ids[rows],
             {k: v[rows] for k, v in self.counts.items()},
+            [j.take(rows) for j in self.mc_sparse],
+            [j.take(rows) for j in self.mc_sequence],
         )
 
     def stats(self, a: int, b: int) -> dict[str, int]:
@@ -323,10 +329,14 @@ class BlockConverter:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         f = schema.features
-        self.sparse_features = list(f.pooled_features)
-        self.sequence_features = list(f.sequence_table_features)
+        groups = f.batch_features()
+        self.sparse_features, self.sequence_features = groups["sparse"], groups["sequence"]
+        self.mc_sparse_features, self.mc_sequence_features = groups["mc_sparse"], groups["mc_sequence"]
         self.sparse_keys = [s.name for s in self.sparse_features]
         self.sequence_keys = [s.name for s in self.sequence_features]
+        self.mc_sparse_keys = [s.name for s in self.mc_sparse_features]
+        self.mc_sequence_keys = [s.name for s in self.mc_sequence_features]
+        self.mc_tables = set(f.collision_tables)
         self.weighted = f.weighted_pooling
         self.num_embeddings = {t.name: t.num_embeddings for t in f.tables}
         gate, gated = space_gates(schema.tasks)
@@ -370,7 +380,9 @@ class BlockConverter:
         sparse = [self._ids(table, s, count, self.weighted) for s in self.sparse_features]
         sequence = [self._ids(table, s, count, False) for s in self.sequence_features]
         group_ids = self._group_ids(table.column(f.group_column), f.group_column, count) if f.group_column else None
-        return Block(dense, sparse, sequence, labels, weights, group_ids, counts)
+        mc_sparse = [self._ids(table, s, count, self.weighted) for s in self.mc_sparse_features]
+        mc_sequence = [self._ids(table, s, count, False) for s in self.mc_sequence_features]
+        return Block(dense, sparse, sequence, labels, weights, group_ids, counts, mc_sparse, mc_sequence)
 
     def batch(self, block: Block, a: int, b: int) -> Batch:
         """Rows [a, b) of ``block`` as a Batch whose ``stats`` are those rows' events."""
@@ -381,6 +393,8 @@ class BlockConverter:
             sources = block._kjt_sources = (
                 _KJTSource(block.sparse, self.weighted),
                 _KJTSource(block.sequence, False),
+                _KJTSource(block.mc_sparse, self.weighted),
+                _KJTSource(block.mc_sequence, False),
             )
         batch = Batch(
             dense=torch.from_numpy(block.dense[a:b].copy()),
@@ -388,6 +402,8 @@ class BlockConverter:
             sequence=sources[1].kjt(self.sequence_keys, a, b),
             labels=torch.from_numpy(block.labels[a:b].copy()),
             weights=torch.from_numpy(block.weights[a:b].copy()),
+            mc_sparse=sources[2].kjt(self.mc_sparse_keys, a, b) if self.mc_sparse_keys else None,
+            mc_sequence=sources[3].kjt(self.mc_sequence_keys, a, b) if self.mc_sequence_keys else None,
         )
         if block.group_ids is not None:
             batch.group_ids = torch.from_numpy(block.group_ids[a:b].copy())
@@ -444,9 +460,20 @@ class BlockConverter:
     # -- ids --------------------------------------------------------------------------
 
     @staticmethod
-    def _map(values: pa.Array, n_emb: int) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    def _map(
+        values: pa.Array, n_emb: int, mc: bool = False
+    ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
         """Ids without nulls → (int64 rows in [0, n_emb), negative mask, too-large mask);
-        the masks are None when nothing was wrapped."""
+        the masks are None when nothing was wrapped. For a collision-managed table (``mc``)
+        the raw ids instead, spread over [0, MC_ID_SPACE) by :func:`datasets.hashing.mc_ids`
+        (strings hashed first), never taken modulo the table size."""
+        if mc:
+            if is_string_type(values.type):
+                return mc_ids(hash_strings(values), hashed=True), None, None
+            if pa.types.is_dictionary(values.type):
+                values = values.dictionary_decode()
+            raw = values.to_numpy(zero_copy_only=False)
+            return mc_ids(raw if raw.dtype in (np.int64, np.uint64) else raw.astype(np.int64)), None, None
         if is_string_type(values.type):
             return (hash_strings(values) % np.uint64(n_emb)).astype(np.int64), None, None
         if pa.types.is_dictionary(values.type):
@@ -482,7 +509,7 @@ class BlockConverter:
                 lengths = valid.astype(np.int64)
                 arr = arr.filter(pa.array(valid))
             offsets = _offsets(lengths) if arr.null_count or len(arr) != n else np.arange(n + 1, dtype=np.int64)
-            values, negative, over = self._map(arr, n_emb)
+            values, negative, over = self._map(arr, n_emb, feature.table in self.mc_tables)
             self._count_wrapped(name, negative, over, offsets, count)
             weights = None
             if weighted:
@@ -522,7 +549,7 @@ class BlockConverter:
             flat = flat.filter(pa.array(valid))
             if weights is not None:
                 weights = weights[valid]
-        values, negative, over = self._map(flat, n_emb)
+        values, negative, over = self._map(flat, n_emb, feature.table in self.mc_tables)
         self._count_wrapped(name, negative, over, offsets, count)
         max_len = feature.max_len
         if max_len is not None and n and lengths.max() > max_len:

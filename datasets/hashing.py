@@ -25,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["hash_strings", "stable_hash"]
+from fusionrec.datasets.schema import MC_ID_SPACE
+
+__all__ = ["MC_ID_SPACE", "hash_strings", "mc_ids", "stable_hash"]
 
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
@@ -100,3 +102,22 @@ def hash_strings(arr: pa.Array) -> np.ndarray:
     encoded = pc.dictionary_encode(arr)
     indices = encoded.indices.cast(pa.int64()).to_numpy(zero_copy_only=False)
     return _hash_unique(encoded.dictionary)[indices]
+
+
+
+
+def mc_ids(ids: np.ndarray, hashed: bool = False) -> np.ndarray:
+    """Raw ids (int64 or uint64, any values) → int64 ids in [0, MC_ID_SPACE = 2**63 - 1) for a
+    collision-managed table: ``mix64(id as uint64) mod MC_ID_SPACE``, or just the modulo for
+    ``hashed`` values (:func:`hash_strings` output, already mixed).
+
+    ``mix64`` is a bijection on 64 bits, so two ids share a slot only when their mixes are
+    MC_ID_SPACE apart (about n²/2**64 for n distinct ids: none in practice); its purpose is
+    to spread ids that cluster (small integers, sequential ids) evenly over the row-wise
+    shards of the managed-collision map.
+    """
+    h = np.asarray(ids).view(np.uint64) if np.asarray(ids).dtype == np.int64 else np.asarray(ids, dtype=np.uint64)
+    if not hashed:
+        with np.errstate(over="ignore"):
+            h = _mix64(h)
+    return (h % np.uint64(MC_ID_SPACE)).astype(np.int64)

@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
 
+# Ids of collision-managed tables are int64 in [0, MC_ID_SPACE) (datasets.hashing.mc_ids spreads
+# raw ids over it): TorchRec's managed-collision modules need non-negative ids below their
+# input_hash_size, keep int64 max as the empty-slot marker, and shard the map row-wise by blocks
+# of this range.
+MC_ID_SPACE = 2**63 - 1
+
+
 @dataclass
 class CollisionConfig:
     """Managed collisions (zero-collision hashing) for one table, with TorchRec's
@@ -186,6 +193,13 @@ class FeatureSchema:
                 raise ValueError(f"feature {feature.name!r} uses unknown table {feature.table!r}; tables: {names}")
         if not self.sparse and not self.sequences:
             raise ValueError("at least one sparse or sequence feature is needed")
+        managed = {t.name for t in self.tables if t.collision is not None}
+        for feature in [*self.sparse, *self.sequences]:
+            if feature.table in managed and getattr(feature, "multi_valued", True) and feature.max_len is None:
+                raise ValueError(
+                    f"feature {feature.name!r}: a multi-valued feature on collision-managed table {feature.table!r} "
+                    f"needs max_len (it bounds the ids one step can bring to the table)"
+                )
         for feature in self.sparse:
             if feature.weight_column and feature.table in self.sequence_tables:
                 raise ValueError(
@@ -221,10 +235,30 @@ class FeatureSchema:
 
     @property
     def sequence_table_features(self) -> list[SparseFeature | SequenceFeature]:
-        """Keys of a batch's ``sequence`` KJT: sequences first, then pooled features that
-        live on a sequence table (looked up per id and pooled by the model)."""
+        """Features on sequence tables: sequences first, then pooled features that live on a
+        sequence table (looked up per id and pooled by the model)."""
         seq_tables = set(self.sequence_tables)
         return [*self.sequences, *[f for f in self.sparse if f.table in seq_tables]]
+
+    @property
+    def collision_tables(self) -> list[str]:
+        """Tables with managed collisions (``collision`` set), in declaration order."""
+        return [t.name for t in self.tables if t.collision is not None]
+
+    def batch_features(self) -> dict[str, list[SparseFeature | SequenceFeature]]:
+        """The keys of each KJT of a :class:`~datasets.batch.Batch`, by its field name:
+        ``sparse`` (pooled features on bag tables without collision), ``sequence`` (features
+        on sequence tables without collision), and ``mc_sparse`` / ``mc_sequence`` (the same
+        on collision-managed tables, whose ids are raw and go through TorchRec's
+        managed-collision modules), each in the order of ``pooled_features`` /
+        ``sequence_table_features``."""
+        mc = set(self.collision_tables)
+        return {
+            "sparse": [f for f in self.pooled_features if f.table not in mc],
+            "sequence": [f for f in self.sequence_table_features if f.table not in mc],
+            "mc_sparse": [f for f in self.pooled_features if f.table in mc],
+            "mc_sequence": [f for f in self.sequence_table_features if f.table in mc],
+        }
 
 
 @dataclass

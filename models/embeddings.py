@@ -25,9 +25,19 @@ from typing import Optional
 import torch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import (
+    ManagedCollisionEmbeddingBagCollection,
+    ManagedCollisionEmbeddingCollection,
+)
+from torchrec.modules.mc_modules import (
+    LFU_EvictionPolicy,
+    LRU_EvictionPolicy,
+    ManagedCollisionCollection,
+    MCHManagedCollisionModule,
+)
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from fusionrec.datasets.schema import FeatureSchema, SparseFeature
+from fusionrec.datasets.schema import MC_ID_SPACE, CollisionConfig, FeatureSchema, SparseFeature
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 # TableConfig.data_type → TorchRec's table DataType. fp16 trains on CPU and GPU (fbgemm's
@@ -37,9 +47,10 @@ _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 
 
-def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
+def bag_table_configs(features: FeatureSchema, managed: Optional[bool] = None) -> list[EmbeddingBagConfig]:
     """One ``EmbeddingBagConfig`` per bag table, its features in ``pooled_features`` order.
-    With weighted pooling every table pools SUM (see the module docstring).
+    With weighted pooling every table pools SUM (see the module docstring). ``managed``:
+    only the tables with (True) or without (False) a ``collision`` config; None: all.
 
     Raises:
         ValueError: features on one bag table disagree on pooling (an EBC pools per table).
@@ -47,6 +58,8 @@ def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
     configs = []
     for name in features.bag_tables:
         table = features.table(name)
+        if managed is not None and managed != (table.collision is not None):
+            continue
         feats = [f for f in features.pooled_features if f.table == name]
         poolings = sorted({f.pooling for f in feats})
         if len(poolings) > 1:
@@ -65,9 +78,10 @@ def bag_table_configs(features: FeatureSchema) -> list[EmbeddingBagConfig]:
     return configs
 
 
-def sequence_table_configs(features: FeatureSchema) -> list[EmbeddingConfig]:
+def sequence_table_configs(features: FeatureSchema, managed: Optional[bool] = None) -> list[EmbeddingConfig]:
     """One ``EmbeddingConfig`` per sequence table, its features in ``sequence_table_features``
-    order (sequences first, then pooled features that live on the table).
+    order (sequences first, then pooled features that live on the table); ``managed`` as in
+    :func:`bag_table_configs`.
 
     Raises:
         ValueError: sequence tables differ in dim (TorchRec's ``EmbeddingCollection`` needs one).
@@ -79,6 +93,8 @@ def sequence_table_configs(features: FeatureSchema) -> list[EmbeddingConfig]:
     configs = []
     for name in names:
         table = features.table(name)
+        if managed is not None and managed != (table.collision is not None):
+            continue
         configs.append(
             EmbeddingConfig(
                 name=name,
@@ -94,9 +110,9 @@ def sequence_table_configs(features: FeatureSchema) -> list[EmbeddingConfig]:
 def build_embedding_bag_collection(
     features: FeatureSchema, device: torch.device | str = "cpu"
 ) -> Optional[EmbeddingBagCollection]:
-    """The pooled-feature EBC on ``device`` (weighted when ``features.weighted_pooling``), or
-    None when the schema has no bag table."""
-    configs = bag_table_configs(features)
+    """The EBC of the bag tables without collision management on ``device`` (weighted when
+    ``features.weighted_pooling``), or None when there is no such table."""
+    configs = bag_table_configs(features, managed=False)
     if not configs:
         return None
     return EmbeddingBagCollection(tables=configs, is_weighted=features.weighted_pooling, device=torch.device(device))
@@ -105,11 +121,90 @@ def build_embedding_bag_collection(
 def build_embedding_collection(
     features: FeatureSchema, device: torch.device | str = "cpu"
 ) -> Optional[EmbeddingCollection]:
-    """The sequence-table EC on ``device``, or None when the schema has no sequence."""
-    configs = sequence_table_configs(features)
+    """The EC of the sequence tables without collision management on ``device``, or None."""
+    configs = sequence_table_configs(features, managed=False)
     if not configs:
         return None
     return EmbeddingCollection(tables=configs, device=torch.device(device))
+
+
+# ----------------------------------------------------------------------------- managed collisions
+
+
+def _mch_module(
+    table: str, rows: int, collision: CollisionConfig, device: torch.device, buckets: int
+) -> MCHManagedCollisionModule:
+    """TorchRec's MCH module for one table: ``rows`` slots (the last one for ids without a
+    row), ids in [0, MC_ID_SPACE), admission and eviction every ``eviction_interval`` steps.
+    ``buckets``: how many row-wise blocks TorchRec splits the id range and the rows into; its
+    planner needs a multiple of the world size, so the job passes its world size."""
+    policy = LFU_EvictionPolicy() if collision.eviction == "lfu" else LRU_EvictionPolicy()
+    return MCHManagedCollisionModule(
+        zch_size=rows,
+        device=device,
+        eviction_policy=policy,
+        eviction_interval=collision.eviction_interval,
+        input_hash_size=MC_ID_SPACE,
+        name=table,
+        buckets=buckets,
+    )
+
+
+def _collisions(features: FeatureSchema, configs, device: torch.device, buckets: int) -> ManagedCollisionCollection:
+    modules = {
+        c.name: _mch_module(c.name, c.num_embeddings, features.table(c.name).collision, device, buckets)
+        for c in configs
+    }
+    return ManagedCollisionCollection(modules, configs)
+
+
+def max_ids_per_row(features: FeatureSchema, table: str) -> int:
+    """The most ids one row can send to ``table``: 1 per scalar feature, ``max_len`` per list.
+
+    Raises:
+        ValueError: a multi-valued feature without ``max_len`` on a collision-managed table
+            (its admission history is sized from this bound).
+    """
+    total = 0
+    for f in [*features.sparse, *features.sequences]:
+        if f.table != table:
+            continue
+        if isinstance(f, SparseFeature) and not f.multi_valued:
+            total += 1
+        elif f.max_len is None:
+            raise ValueError(
+                f"features.sparse.{f.name}: a multi-valued feature on collision-managed table {table!r} needs max_len"
+            )
+        else:
+            total += f.max_len
+    return total
+
+
+def build_mc_embedding_bag_collection(
+    features: FeatureSchema, device: torch.device | str = "cpu", buckets: int = 1
+) -> Optional[ManagedCollisionEmbeddingBagCollection]:
+    """TorchRec's ``ManagedCollisionEmbeddingBagCollection`` for the collision-managed bag
+    tables (input: the batch's ``mc_sparse`` KJT of raw ids; output: ``(KeyedTensor, None)``),
+    or None when there is none. ``buckets``: see :func:`_mch_module`."""
+    configs = bag_table_configs(features, managed=True)
+    if not configs:
+        return None
+    device = torch.device(device)
+    ebc = EmbeddingBagCollection(tables=configs, is_weighted=features.weighted_pooling, device=device)
+    return ManagedCollisionEmbeddingBagCollection(ebc, _collisions(features, configs, device, buckets))
+
+
+def build_mc_embedding_collection(
+    features: FeatureSchema, device: torch.device | str = "cpu", buckets: int = 1
+) -> Optional[ManagedCollisionEmbeddingCollection]:
+    """TorchRec's ``ManagedCollisionEmbeddingCollection`` for the collision-managed sequence
+    tables (input: ``mc_sequence``; output: ``(Dict[str, JaggedTensor], None)``), or None."""
+    configs = sequence_table_configs(features, managed=True)
+    if not configs:
+        return None
+    device = torch.device(device)
+    ec = EmbeddingCollection(tables=configs, device=device)
+    return ManagedCollisionEmbeddingCollection(ec, _collisions(features, configs, device, buckets))
 
 
 def pad_sequence(jt: JaggedTensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,8 @@ from fusionrec.models.config import ModelConfig
 from fusionrec.models.embeddings import (
     build_embedding_bag_collection,
     build_embedding_collection,
+    build_mc_embedding_bag_collection,
+    build_mc_embedding_collection,
     feature_max_len,
     pad_sequence,
     pool_jagged,
@@ -64,8 +66,9 @@ class MultiTaskModel(nn.Module):
     table), a bottom giving per-task inputs [B, T, D_b], a fusion module giving [B, T, D_f],
     per-task towers giving logits [B, T], and the multi-task loss.
 
-    ``forward`` calls ``self.ebc(batch.sparse)`` and ``self.ec(batch.sequence)`` directly on
-    the batch, as TorchRec's train pipelines expect; the rest is fx-traceable.
+    ``forward`` calls ``self.ebc(batch.sparse)`` and ``self.ec(batch.sequence)`` (and, for
+    collision-managed tables, ``self.mc_ebc(batch.mc_sparse)`` / ``self.mc_ec(batch.mc_sequence)``)
+    directly on the batch, as TorchRec's train pipelines expect; the rest is fx-traceable.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class MultiTaskModel(nn.Module):
         cfg: ModelConfig,
         device: torch.device | str = "cpu",
         dense_device: Optional[torch.device | str] = None,
+        mc_buckets: int = 1,
     ) -> None:
         super().__init__()
         device = torch.device(device)
@@ -83,6 +87,11 @@ class MultiTaskModel(nn.Module):
         self.schema, self.cfg = schema, cfg
         self.ebc: Optional[EmbeddingBagCollection] = build_embedding_bag_collection(features, device)
         self.ec: Optional[EmbeddingCollection] = build_embedding_collection(features, device)
+        # Collision-managed tables (TorchRec's MC-EBC / MC-EC over the batch's mc_* KJTs of raw ids).
+        self.mc_ebc = build_mc_embedding_bag_collection(features, device, mc_buckets)
+        self.mc_ec = build_mc_embedding_collection(features, device, mc_buckets)
+        groups = features.batch_features()
+        self._mc_features = {f.name for f in [*groups["mc_sparse"], *groups["mc_sequence"]]}
 
         bag = set(features.bag_tables)
         # (name, comes from the EBC, pooling, static max length) per pooled feature, schema order.
@@ -105,17 +114,24 @@ class MultiTaskModel(nn.Module):
         lengths M × [B])."""
         pooled = self.ebc(batch.sparse).to_dict() if self.ebc is not None else {}
         looked_up = self.ec(batch.sequence) if self.ec is not None else {}
+        # A managed-collision collection returns (embeddings, remapped ids or None). Its outputs
+        # stay separate dicts: under the train pipeline's tracer they are proxies, which index
+        # but do not unpack.
+        mc_pooled = self.mc_ebc(batch.mc_sparse)[0].to_dict() if self.mc_ebc is not None else {}
+        mc_looked_up = self.mc_ec(batch.mc_sequence)[0] if self.mc_ec is not None else {}
         fields = []
         for name, from_bag, pooling, max_len in self._fields:
+            managed = name in self._mc_features
             if not from_bag:
-                fields.append(pool_jagged(looked_up[name], pooling, max_len))
+                fields.append(pool_jagged((mc_looked_up if managed else looked_up)[name], pooling, max_len))
             elif self._weighted and pooling == "mean":  # the weighted EBC pooled Σ w·e
-                fields.append(weighted_mean(pooled[name].float(), batch.sparse[name], max_len))
+                kjt = batch.mc_sparse if managed else batch.sparse
+                fields.append(weighted_mean((mc_pooled if managed else pooled)[name].float(), kjt[name], max_len))
             else:  # fp32 for the dense part whatever the table's data_type (a no-op for sharded tables)
-                fields.append(pooled[name].float())
+                fields.append((mc_pooled if managed else pooled)[name].float())
         sequences, lengths = [], []
         for name, max_len in self._sequences:
-            padded, n = pad_sequence(looked_up[name], max_len)
+            padded, n = pad_sequence((mc_looked_up if name in self._mc_features else looked_up)[name], max_len)
             sequences.append(padded)
             lengths.append(n)
         return fields, sequences, lengths
@@ -178,6 +194,7 @@ def build_model(
     cfg: ModelConfig,
     device: torch.device | str = "cpu",
     dense_device: Optional[torch.device | str] = None,
+    mc_buckets: int = 1,
 ) -> MultiTaskModel:
     """Build the model for ``schema``.
 
@@ -189,5 +206,8 @@ def build_model(
         dense_device: where the dense modules are built; defaults to ``device``, or CPU when
             ``device`` is meta (DMP moves dense modules to its device and would fill meta
             buffers with zeros).
+        mc_buckets: row-wise blocks of the collision-managed tables' id → row maps; TorchRec's
+            planner needs a multiple of the world size the model is sharded over (the job
+            passes its world size).
     """
-    return MultiTaskModel(schema, cfg, device, dense_device)
+    return MultiTaskModel(schema, cfg, device, dense_device, mc_buckets)

@@ -185,6 +185,13 @@ class ExperimentConfig:
         unknown = sorted(set(self.sharding.constraints) - set(tables))
         if unknown:
             raise ValueError(f"sharding.constraints names unknown table(s) {unknown}; tables: {tables}")
+        for table in self.features.collision_tables:  # TorchRec shards managed-collision tables row_wise only
+            types = self.sharding.constraints.get(table)
+            if types is not None and types.sharding_types and "row_wise" not in types.sharding_types:
+                raise ValueError(
+                    f"sharding.constraints.{table}.sharding_types: table {table!r} has collision management, which "
+                    f"TorchRec shards row_wise only; allow row_wise (got {types.sharding_types})"
+                )
         for table in self.features.sequence_tables:
             types = self.sharding.constraints.get(table)
             if types is not None and "data_parallel" in (types.sharding_types or []):

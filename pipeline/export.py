@@ -313,9 +313,25 @@ def _version(dist: str) -> str | None:
 
 
 @torch.no_grad()
+# --- managed collisions (issue 14) ---------------------------------------------------------------
+# A collision-managed table maps raw ids to rows with TorchRec's MCH modules (an id -> row map that
+# training keeps changing); the artifact's quantised tables take rows, not raw ids, so a server
+# would look up the wrong rows. Until the export carries the maps (TorchRec's
+# QuantManagedCollisionEmbeddingCollection is a start), it refuses such models.
+def refuse_managed_collisions(cfg: ExperimentConfig) -> None:
+    """Stop with one line when ``cfg`` has collision-managed tables (see above)."""
+    managed = cfg.features.collision_tables
+    if managed:
+        raise UserError(
+            f"features.tables: {', '.join(managed)} use collision management (collision: ...), whose id -> row maps "
+            f"the export does not carry yet; a model with such tables cannot be exported"
+        )
+
+
 def export(cfg: ExperimentConfig, checkpoint: Path, out: Path, quantize: str, batch_size: int, force: bool,
            config_path: str = "") -> dict:
     """Write the artifact of ``checkpoint`` to ``out``; returns the manifest."""
+    refuse_managed_collisions(cfg)
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize {quantize!r}: unknown quantisation; choose one of {', '.join(QUANTIZE)}")
     if batch_size < 1:
@@ -448,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error():
         cfg = load_job_config(args.config, args.set)
+        refuse_managed_collisions(cfg)
         checkpoint = resolve_checkpoint(args.checkpoint)
         manifest = export(cfg, checkpoint, Path(args.out), args.quantize, args.batch_size, args.force, args.config)
         mib = 1 << 20

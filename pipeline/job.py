@@ -36,6 +36,8 @@ from fusionrec.pipeline.lifecycle import watch_parent
 from fusionrec.pipeline.logs import say
 from fusionrec.pipeline.runlock import RunDirLock, locked_error
 from fusionrec.pipeline.optimizers import fuse_sparse_optimizer
+from fusionrec.models.embeddings import max_ids_per_row
+from fusionrec.sharding.collisions import reserve_admission_history
 from fusionrec.sharding.planner import describe_plan, plan_and_shard
 from fusionrec.sharding.report import PlanRecorder, PlanSummary, quiet_planner
 
@@ -119,22 +121,26 @@ class ShardedModel:
     memory: Optional[PlanSummary]
 
 
-def build_meta_model(cfg: ExperimentConfig, sparse_opt: OptimizerConfig | None) -> MultiTaskModel:
+def build_meta_model(
+    cfg: ExperimentConfig, sparse_opt: OptimizerConfig | None, world_size: int = 1
+) -> MultiTaskModel:
     """The model with its embedding tables on the meta device (no table memory allocated) and,
-    with ``sparse_opt``, that optimizer fused into the tables' backward, as training runs it."""
+    with ``sparse_opt``, that optimizer fused into the tables' backward, as training runs it.
+    ``world_size``: the ranks it will be sharded over (collision-managed tables split their
+    id → row maps into that many row-wise blocks)."""
     try:
-        model = build_model(cfg.schema, cfg.model, device=torch.device("meta"))
+        model = build_model(cfg.schema, cfg.model, device=torch.device("meta"), mc_buckets=world_size)
     except ValueError as err:  # the model builders raise ValueError for configs they cannot build
         raise ConfigError(f"model: {err}") from None
     if sparse_opt is not None:
-        fuse_sparse_optimizer((model.ebc, model.ec), sparse_opt)
+        fuse_sparse_optimizer((model.ebc, model.ec, model.mc_ebc, model.mc_ec), sparse_opt)
     return model
 
 
 def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: OptimizerConfig | None) -> ShardedModel:
     """Plan the tables with TorchRec's planner over the process group and wrap the model in
     DistributedModelParallel, which materialises each rank's shards on ``info.device``."""
-    model = build_meta_model(cfg, sparse_opt)
+    model = build_meta_model(cfg, sparse_opt, info.world_size)
     recorder = PlanRecorder()
     with quiet_planner():
         dmp, plan = plan_and_shard(
@@ -146,6 +152,10 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
             info.local_world_size,
             stats=[recorder],
         )
+    managed = cfg.features.collision_tables
+    if managed:  # before the first step: see sharding.collisions.reserve_admission_history
+        per_row = {t: max_ids_per_row(cfg.features, t) for t in managed}
+        reserve_admission_history(dmp, {t: n * cfg.data.batch_size * info.world_size for t, n in per_row.items()})
     return ShardedModel(dmp, plan, describe_plan(plan), recorder.summary())
 
 

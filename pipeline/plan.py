@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or cfg.data.batch_size
     memory = MachineMemory(hbm_bytes=hbm, ddr_bytes=ddr)
 
-    model = build_meta_model(cfg, cfg.train.sparse_optimizer)
+    model = build_meta_model(cfg, cfg.train.sparse_optimizer, args.world_size)
     table_names = [t.name for t in cfg.features.tables]
 
     recorder = PlanRecorder()

@@ -18,6 +18,8 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import Stats
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
+from torchrec.distributed.mc_embeddingbag import ManagedCollisionEmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 
@@ -117,9 +119,17 @@ class PooledTableSharder(EmbeddingBagCollectionSharder):
 
 
 def default_sharders() -> list[ModuleSharder[nn.Module]]:
-    """TorchRec's default sharders, with :class:`PooledTableSharder` for pooled tables."""
-    sharders = [s for s in get_default_sharders() if type(s) is not EmbeddingBagCollectionSharder]
-    return [PooledTableSharder(), *sharders]
+    """TorchRec's default sharders, with :class:`PooledTableSharder` for pooled tables and the
+    managed-collision sharders of :mod:`sharding.collisions` (which build on it)."""
+    from fusionrec.sharding.collisions import ManagedPooledTableSharder, ManagedSequenceTableSharder  # noqa: PLC0415
+
+    replaced = (
+        EmbeddingBagCollectionSharder,
+        ManagedCollisionEmbeddingBagCollectionSharder,
+        ManagedCollisionEmbeddingCollectionSharder,
+    )
+    sharders = [s for s in get_default_sharders() if type(s) not in replaced]
+    return [PooledTableSharder(), ManagedPooledTableSharder(), ManagedSequenceTableSharder(), *sharders]
 
 
 def plan_and_shard(
