@@ -1,11 +1,15 @@
 #!/bin/sh
 # fusionrec's container entrypoint (also used as is by docker/slurm/train.sbatch).
 #
-#   fusionrec-entrypoint -m fusionrec.pipeline.train --config ... --run-dir ...  -> torchrun [cluster options] -m fusionrec.pipeline.train ...
+#   fusionrec-entrypoint -m fusionrec.pipeline.train --config ... --run-dir ...  -> fusionrec train [cluster options] -m fusionrec.pipeline.train ...
+#   fusionrec-entrypoint -m OTHER.MODULE ...                                     -> torchrun [cluster options] -m OTHER.MODULE ...
 #   fusionrec-entrypoint python -m fusionrec.pipeline.plan ...                   -> runs the command as given
 #
 # Arguments that start with "-" go to torchrun after its own options; anything else is run as
-# a plain command. torchrun's options come from the usual cluster variables:
+# a plain command. Training goes through the `fusionrec train` launcher, which checks the config
+# and the data in one process before it starts torchrun with these options, reports a worker's
+# config or data error as one line (exit 2), and turns SIGTERM / SIGUSR1 into a checkpoint and
+# exit 0 (docs/reliability.md). torchrun's options come from the usual cluster variables:
 #
 #   MASTER_ADDR     host of the c10d rendezvous (node 0). Unset and NNODES=1: --standalone.
 #   MASTER_PORT     its port (default 29500)
@@ -36,13 +40,19 @@ if [ "${FUSIONREC_DEVICE:-cuda}" = cpu ]; then default_nproc=1; else default_npr
 nproc="${NPROC_PER_NODE:-${PET_NPROC_PER_NODE:-$default_nproc}}"
 rdzv_id="${RDZV_ID:-${SLURM_JOB_ID:-fusionrec}}"
 max_restarts="${MAX_RESTARTS:-0}"
+if [ "${1:-}" = -m ] && [ "${2:-}" = fusionrec.pipeline.train ]; then
+    launch="fusionrec train"
+else
+    launch=torchrun
+fi
 
 if [ -z "$master_addr" ]; then
     if [ "$nnodes" != 1 ]; then
         echo "fusionrec-entrypoint: NNODES=$nnodes needs MASTER_ADDR, the host of node 0" >&2
         exit 2
     fi
-    exec torchrun --standalone --nnodes 1 --nproc-per-node "$nproc" --max-restarts "$max_restarts" "$@"
+    # shellcheck disable=SC2086  # $launch is one or two words
+    exec $launch --standalone --nnodes 1 --nproc-per-node "$nproc" --max-restarts "$max_restarts" "$@"
 fi
 
 conf=""
@@ -55,7 +65,8 @@ fi
 if [ -n "$conf" ]; then
     set -- --rdzv-conf "$conf" "$@"
 fi
-exec torchrun \
+# shellcheck disable=SC2086
+exec $launch \
     --nnodes "$nnodes" \
     --nproc-per-node "$nproc" \
     --rdzv-backend c10d \

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +39,7 @@ TORCHRUN_OPTIONS = {  # option -> takes a value
 }  # fmt: skip
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+STOP_WAIT_S = 30.0  # after a stop signal, how long to wait for rank 0's "stopped" report
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -145,9 +147,11 @@ def run_torchrun(torchrun: list[str], train_argv: list[str]) -> int:
         received: list[int] = []
 
         def forward(signum: int, frame: object) -> None:
-            received.append(signum)
-            if proc.poll() is None:  # Ctrl-C too saves: the workers handle SIGTERM, not SIGINT
+            # Once only: a second signal would make the agent give up waiting for its workers.
+            # Ctrl-C too saves: the workers handle SIGTERM, not SIGINT.
+            if not received and proc.poll() is None:
                 proc.send_signal(signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
+            received.append(signum)
 
         previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
         held: Optional[list[str]] = None  # stderr held back once a stop or a user error is under way
@@ -164,6 +168,10 @@ def run_torchrun(torchrun: list[str], train_argv: list[str]) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while received and not (report_dir / "stopped").is_file() and first_error(report_dir) is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)  # an agent that exits early leaves its workers finishing the save
         error = first_error(report_dir)
         if error is not None:
             print(error, file=sys.stderr, flush=True)

@@ -9,7 +9,10 @@ may get the signal first, or alone), save a checkpoint at that step and exit 0.
 **A lost agent.** When the torchrun agent dies without stopping its workers (SIGKILL, OOM
 killer), they would go on training and publishing checkpoints as orphans of PID 1.
 :func:`watch_parent` polls the parent pid and ends this process within ``poll_s`` once it
-changes, without saving: a save in progress stays an unpublished ``.tmp-`` directory.
+changes, without saving: a save in progress stays an unpublished ``.tmp-`` directory. One
+exception: a worker that already got a stop signal is saving on purpose (Slurm signals every
+process of a step at once, and an agent signalled twice may exit before its workers); it gets
+:data:`SAVE_GRACE_S` from the signal to finish and exit by itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from fusionrec.errors import rank_prefix
 from fusionrec.pipeline.distributed import all_reduce
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: after a stop signal, how long a worker that lost its agent may still take to finish its save
+#: (torchrun's own grace is 30 s)
+SAVE_GRACE_S = 25.0
+_signalled_at: Optional[float] = None  # when this process got a stop signal (monotonic clock)
 
 
 class StopRequest:
@@ -38,8 +45,10 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
+        global _signalled_at
         if not self.received:
             self.received = signum
+            _signalled_at = time.monotonic()
 
     def install(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -87,6 +96,8 @@ def watch_parent(poll_s: float = 0.5) -> Optional[threading.Thread]:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
+        if _signalled_at is not None:  # stopping anyway: let the agreed save finish
+            time.sleep(max(0.0, _signalled_at + SAVE_GRACE_S - time.monotonic()))
         stop()
 
     if parent == 1:  # the agent died before this worker got here

@@ -168,12 +168,18 @@ def test_dockerignore_keeps_what_the_image_copies_and_drops_the_rest():
 @pytest.fixture
 def fake_bin(tmp_path):
     """A directory holding a fake ``torchrun`` that writes its arguments, one per line, to
-    $FAKE_TORCHRUN_OUT and exits 0."""
+    $FAKE_TORCHRUN_OUT and exits 0, and a fake ``fusionrec`` whose ``train`` launcher does the
+    same with the torchrun arguments it was given (the real one passes them on unchanged after
+    checking the job; tests/test_preemption.py runs it) and leaves $FAKE_TORCHRUN_OUT.launcher."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "torchrun"
     script.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$FAKE_TORCHRUN_OUT"\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    launcher = bin_dir / "fusionrec"
+    launcher.write_text('#!/bin/sh\n[ "$1" = train ] || exit 9\nshift\ntouch "$FAKE_TORCHRUN_OUT.launcher"\n'
+                        'printf \'%s\\n\' "$@" > "$FAKE_TORCHRUN_OUT"\n')  # fmt: skip
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
 
@@ -182,6 +188,7 @@ def run_entrypoint(fake_bin: Path, env: dict[str, str], args: list[str], script:
     completed process and the torchrun arguments, or None when torchrun was not called."""
     out = fake_bin.parent / "torchrun.args"
     out.unlink(missing_ok=True)
+    Path(f"{out}.launcher").unlink(missing_ok=True)
     full_env = {"PATH": f"{fake_bin}{os.pathsep}/usr/bin{os.pathsep}/bin", "FAKE_TORCHRUN_OUT": str(out), **env}
     proc = subprocess.run([str(script), *args], check=False, env=full_env, capture_output=True, text=True, timeout=60)
     argv = out.read_text().splitlines() if out.exists() else None
@@ -205,6 +212,15 @@ def test_entrypoint_builds_a_c10d_multinode_torchrun(fake_bin):
     assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (8, 8, 8)
     assert config.rdzv_configs["is_host"] == "false"  # node 3 joins node 0's store
     assert config.rdzv_configs["join_timeout"] == "1200"
+    assert (fake_bin.parent / "torchrun.args.launcher").exists()  # training goes through `fusionrec train`
+
+
+def test_entrypoint_runs_other_modules_under_torchrun_itself(fake_bin):
+    args = ["-m", "fusionrec.pipeline.evaluate", "--config", "configs/demo.yaml", "--checkpoint", "/runs/x"]
+    proc, argv = run_entrypoint(fake_bin, {"FUSIONREC_DEVICE": "cpu"}, args)
+    assert proc.returncode == 0, proc.stderr
+    assert get_args_parser().parse_args(argv).training_script == "fusionrec.pipeline.evaluate"
+    assert not (fake_bin.parent / "torchrun.args.launcher").exists()
 
 
 def test_entrypoint_node_zero_hosts_the_rendezvous_store(fake_bin):

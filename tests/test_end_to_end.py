@@ -122,7 +122,7 @@ def test_single_process_training_without_torchrun(demo_logs, tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--set", "train.bogus=1"], ["demo.yaml", "train.bogus", "unknown key"]),
+        (["--set", "train.bogus=1"], ["--set train.bogus=1", "train.bogus", "unknown key"]),
         (["--train-data", "/nonexistent/*.parquet"], ["/nonexistent/*.parquet"]),
         (["--set", "train.device=cuda"], ["no CUDA device"]),
     ],
@@ -172,13 +172,24 @@ def test_evaluation_report_with_intervals_plots_and_fusion_matrices(demo_logs, t
 
 
 def test_checkpoint_of_another_model_names_what_differs(demo_logs, trained, tmp_path):
+    """The checkpoint's config.yaml names the config keys that differ; a checkpoint without one
+    (written before config.yaml was saved) still fails naming the tables and parameters."""
     run_dir, _ = trained
-    cmd = [sys.executable, "-m", "fusionrec.pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(run_dir),
-           "--data", str(demo_logs / "eval"), "--set", "features.tables.0.num_embeddings=999",
-           "--set", "model.tower_dims=[16]"]
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "does not match the configured model" in line
-    assert "table 'user'" in line and "[20000, 16]" in line and "[999, 16]" in line
-    assert "towers" in line
+    newest = run_dir / "checkpoints" / "step_00000120"
+    bare = tmp_path / "bare"
+    shutil.copytree(newest, bare)
+    (bare / "config.yaml").unlink()
+    lines = []
+    for checkpoint in (newest, bare):
+        cmd = [sys.executable, "-m", "fusionrec.pipeline.evaluate", "--config", CONFIG, "--checkpoint", str(checkpoint),
+               "--data", str(demo_logs / "eval"), "--set", "features.tables.0.num_embeddings=999",
+               "--set", "model.tower_dims=[16]"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        lines.append(proc.stderr.strip().splitlines()[-1])
+    assert "the config defines another model than the checkpoint's config.yaml" in lines[0]
+    assert "features.tables.user.num_embeddings: checkpoint 20000, config 999" in lines[0]
+    assert "model.tower_dims: checkpoint [32], config [16]" in lines[0]
+    assert "does not match the configured model" in lines[1]
+    assert "table 'user'" in lines[1] and "[20000, 16]" in lines[1] and "[999, 16]" in lines[1]
+    assert "towers" in lines[1]
