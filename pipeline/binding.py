@@ -106,12 +106,13 @@ def check_config(checkpoint: Path, config: dict, purpose: str) -> None:
         )
 
 
-def check_id_types(checkpoint: Path, saved: Optional[dict], data_types: dict[str, str], data: str) -> None:
+def check_id_types(trained_by: str, saved: Optional[dict], data_types: dict[str, str], data: str) -> None:
     """Stop when an id feature's values in ``data`` are of another kind (``"string"``, hashed, or
-    ``"integer"``, taken modulo the table size) than the checkpoint was trained on.
+    ``"integer"``, taken modulo the table size) than the model was trained on.
 
-    ``saved``: ``meta.json["id_types"]`` of the checkpoint (None for an older checkpoint: not
-    checked); ``data_types``: the same for the job's data (:meth:`ParquetReader.id_types`)."""
+    ``trained_by``: the checkpoint (or train data) the message starts with; ``saved``: its id types,
+    e.g. ``meta.json["id_types"]`` (None for an older checkpoint: not checked); ``data_types``: the
+    same for the job's data (:meth:`ParquetReader.id_types`)."""
     if not saved:
         return
     how = {"string": "string ids (hashed)", "integer": "integer ids (taken modulo the table size)"}
@@ -122,6 +123,6 @@ def check_id_types(checkpoint: Path, saved: Optional[dict], data_types: dict[str
     ]
     if found:
         raise CheckpointMismatchError(
-            f"{checkpoint}: {'; '.join(found)}; the rows looked up would not be the trained ones "
+            f"{trained_by}: {'; '.join(found)}; the rows looked up would not be the trained ones "
             "(write the column with the type it was trained on)"
         )

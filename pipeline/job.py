@@ -218,7 +218,13 @@ def check_checkpoint_binding(
     binding.check_config(checkpoint, cfg.to_dict(), purpose)
     if reader is not None:
         saved = ckpt.read_meta(checkpoint).get("id_types")
-        binding.check_id_types(checkpoint, saved, reader.id_types(), reader.paths[0])
+        binding.check_id_types(str(checkpoint), saved, reader.id_types(), reader.paths[0])
+
+
+def check_same_id_types(cfg: ExperimentConfig, train: ParquetReader, other: ParquetReader) -> None:
+    """Stop when ``other`` (the periodic-evaluation data) has an id feature of another type than
+    the train data: it would be hashed where training took ids modulo the table size, or the reverse."""
+    binding.check_id_types(f"data.train {cfg.data.train}", train.id_types(), other.id_types(), other.paths[0])
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> dict:

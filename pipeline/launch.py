@@ -102,7 +102,8 @@ def check_job(torchrun: list[str], train_argv: list[str]) -> None:
             f"on {world} ranks"
         )
     if cfg.train.eval_every_n_steps:
-        job.make_reader(cfg, cfg.data.eval, info, cfg.eval.batch_size or cfg.data.batch_size, train=False)
+        periodic = job.make_reader(cfg, cfg.data.eval, info, cfg.eval.batch_size or cfg.data.batch_size, train=False)
+        job.check_same_id_types(cfg, reader, periodic)
     run_dir = Path(args.run_dir)
     if nnodes == "1":  # on several nodes, another node's rank 0 may already hold it legitimately
         RunDirLock(run_dir).acquire().release()

@@ -175,6 +175,7 @@ class Trainer:
         if cfg.train.eval_every_n_steps:
             eval_batch = cfg.eval.batch_size or cfg.data.batch_size
             self.eval_reader = job.make_reader(cfg, cfg.data.eval, info, eval_batch, train=False)
+            job.check_same_id_types(cfg, self.reader, self.eval_reader)
 
         built = job.build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
         self.model, self.plan_rows = built.model, built.plan_rows

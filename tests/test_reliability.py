@@ -119,19 +119,33 @@ def test_resume_refuses_a_changed_task_type(logs, run_dir, tmp_path, capsys):
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
 
 
-def test_eval_data_with_string_ids_for_an_integer_feature_is_refused(logs, run_dir, tmp_path, capsys):
-    data = tmp_path / "eval"
-    data.mkdir()
+def _string_user_ids(logs: Path, out: Path) -> Path:
+    """The eval logs with the integer ``user_id`` column written as strings."""
+    out.mkdir()
     for file in sorted((logs / "eval").glob("*.parquet")):
         table = pq.read_table(file)
         i = table.schema.get_field_index("user_id")
         table = table.set_column(i, "user_id", table.column("user_id").cast(pa.string()))
-        pq.write_table(table, data / file.name)
+        pq.write_table(table, out / file.name)
+    return out
+
+
+def test_eval_data_with_string_ids_for_an_integer_feature_is_refused(logs, run_dir, tmp_path, capsys):
+    data = _string_user_ids(logs, tmp_path / "eval")
     args = ["--config", CONFIG, "--checkpoint", str(run_dir), "--data", str(data), "--no-plots"]
     assert _exit_code(evaluate_job.main, args) == 2
     line = one_error_line(capsys)
     assert "feature 'user_id': trained on integer ids (taken modulo the table size)" in line
     assert "has string ids (hashed)" in line and str(data) in line
+
+
+def test_periodic_eval_data_with_other_id_types_than_the_train_data_is_refused(logs, tmp_path, capsys):
+    data = _string_user_ids(logs, tmp_path / "eval")
+    code = train_main(logs, tmp_path / "run", 4, "--eval-data", str(data), "--set", "train.eval_every_n_steps=2")
+    assert code == 2
+    line = one_error_line(capsys)
+    assert f"data.train {logs / 'train'}: feature 'user_id': trained on integer ids" in line and str(data) in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------- damaged checkpoints
