@@ -312,7 +312,6 @@ def _version(dist: str) -> str | None:
 # ----------------------------------------------------------------------------- the job
 
 
-@torch.no_grad()
 # --- managed collisions (issue 14) ---------------------------------------------------------------
 # A collision-managed table maps raw ids to rows with TorchRec's MCH modules (an id -> row map that
 # training keeps changing); the artifact's quantised tables take rows, not raw ids, so a server
@@ -328,6 +327,7 @@ def refuse_managed_collisions(cfg: ExperimentConfig) -> None:
         )
 
 
+@torch.no_grad()
 def export(cfg: ExperimentConfig, checkpoint: Path, out: Path, quantize: str, batch_size: int, force: bool,
            config_path: str = "") -> dict:
     """Write the artifact of ``checkpoint`` to ``out``; returns the manifest."""
