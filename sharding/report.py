@@ -353,9 +353,8 @@ def embedding_tables(model: nn.Module, constraints: dict[str, ParameterConstrain
         for c in configs:
             kernels = constraints[c.name].compute_kernels if c.name in constraints else None
             itemsize = data_type_to_dtype(c.data_type).itemsize  # 4 for fp32, 2 for fp16 tables
-            out.append(
-                TableSize(c.name, c.num_embeddings, c.embedding_dim, c.num_embeddings * c.embedding_dim * itemsize, kernels, itemsize)
-            )
+            weight_bytes = c.num_embeddings * c.embedding_dim * itemsize
+            out.append(TableSize(c.name, c.num_embeddings, c.embedding_dim, weight_bytes, kernels, itemsize))
     return out
 
 
@@ -495,7 +494,6 @@ def format_fit_report(r: FitReport) -> str:
             f"[fused_uvm_caching] (or fused_uvm) for them in sharding.constraints; that needs about "
             f"{gib(r.needed_bytes)} of host memory, the cluster has {gib(ddr_total)} ({verdict}); slower lookups"
         )
-    state = r.optimizer_bytes
     if r.fp32_weight_bytes:
         lines.append(
             f"  - smaller tables: fp16 weights for the {gib(r.fp32_weight_bytes)} of fp32 tables would need "
