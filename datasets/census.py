@@ -27,6 +27,10 @@ unknown; gzip or plain) and writes
 * ``OUT/vocab.json``: the vocabularies;
 * ``OUT/features.yaml``: the ``features:`` and ``tasks:`` sections for an experiment YAML
   (``configs/census.yaml`` holds the ones for the default arguments).
+
+The protocol is the MMoE paper's Census setup (Ma et al., KDD 2018): only the label-defining
+columns are removed; correlated columns such as the household status (23, 24) stay inputs,
+which is why ``never_married`` is nearly predictable from them and age (docs/data.md).
 """
 
 from __future__ import annotations
