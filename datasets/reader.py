@@ -738,6 +738,7 @@ class ReaderLoader:
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor,
             persistent_workers=False,  # every pass must see the parent's epoch and position
+            worker_init_fn=_leave_process_group,
         )
         reader._position = reader._start_batch
         reader._pass_started()
@@ -753,6 +754,17 @@ class ReaderLoader:
             return
         _stop_workers(batches)
         raise DataError(message)
+
+
+def _leave_process_group(worker_id: int) -> None:
+    """Run a DataLoader worker in a process group of its own.
+
+    torchrun stops a training process by signalling its whole process group (SIGTERM, or SIGUSR1
+    when asked to forward it), and a DataLoader worker dies of a signal its parent did not send;
+    the training process then fails with "DataLoader worker exited unexpectedly" instead of
+    saving the checkpoint the signal asks for. Out of the group, the workers see only their
+    parent's signals and still end with it (the DataLoader's own watchdog)."""
+    os.setpgid(0, 0)
 
 
 def _stop_workers(batches) -> None:

@@ -129,14 +129,16 @@ def test_preempted_twice_by_sigterm_and_sigusr1_resumes_exactly(logs, straight, 
 
 def test_a_signal_to_every_process_at_once_still_saves(logs, tmp_path):
     """What Slurm's scancel and --signal do: SIGTERM to the launcher, the agent and both workers at
-    the same moment (the agent, signalled twice, may exit before its workers have saved)."""
+    the same moment (the agent, signalled twice, may exit before its workers have saved). The
+    workers read through DataLoader worker processes, which the agent's signal to each worker's
+    process group must not kill."""
     run_dir, log = tmp_path / "run", tmp_path / "all.log"
-    proc = start(launcher(*train_args(logs, run_dir, STEPS)), log)
+    proc = start(launcher(*train_args(logs, run_dir, STEPS, "--set", "data.num_workers=2")), log)
     wait_for_step(proc, run_dir, 5, log)
     agent = _children(proc.pid)
     assert len(agent) == 1, agent
     workers = _children(agent[0])
-    assert len(workers) == 2, workers
+    assert len(workers) == 2 and all(_children(w) for w in workers), workers  # each with its readers
     for pid in [*workers, agent[0]]:
         os.kill(pid, signal.SIGTERM)
     code, seconds, out = stop_with(proc, signal.SIGTERM, log)
