@@ -39,7 +39,7 @@ TORCHRUN_OPTIONS = {  # option -> takes a value
 }  # fmt: skip
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-STOP_WAIT_S = 30.0  # after a stop signal, how long to wait for rank 0's "stopped" report
+STOP_WAIT_S = 30.0  # after a stop signal, how long to wait for a worker's "stopped" report
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -127,6 +127,11 @@ def first_error(report_dir: Path) -> Optional[str]:
     return files[0].read_text().strip() if files else None
 
 
+def stopped(report_dir: Path) -> bool:
+    """Whether a worker of this node reported that the job saved and stopped on a signal."""
+    return any(report_dir.glob("stopped-rank*"))
+
+
 def run_torchrun(torchrun: list[str], train_argv: list[str]) -> int:
     """Run the job under torchrun and map its outcome: 0 done or stopped by a signal with a
     checkpoint saved, 2 a worker's user error (its one line), else torchrun's own exit code
@@ -170,14 +175,13 @@ def run_torchrun(torchrun: list[str], train_argv: list[str]) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         deadline = time.monotonic() + STOP_WAIT_S
-        while received and not (report_dir / "stopped").is_file() and first_error(report_dir) is None \
-                and time.monotonic() < deadline:
+        while received and not stopped(report_dir) and first_error(report_dir) is None and time.monotonic() < deadline:
             time.sleep(0.2)  # an agent that exits early leaves its workers finishing the save
         error = first_error(report_dir)
         if error is not None:
             print(error, file=sys.stderr, flush=True)
             return 2
-        if (report_dir / "stopped").is_file() and (received or code == 0):
+        if stopped(report_dir) and (received or code == 0):
             return 0  # rank 0 printed where the checkpoint is
         sys.stderr.writelines(held or [])
         return code

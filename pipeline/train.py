@@ -436,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{trainer.last_saved[1]}; continue with --resume"
                 )
                 say(line, enabled=info.is_main)
-                if info.is_main:
-                    report_to_launcher("stopped", line)
+                report_to_launcher(f"stopped-rank{info.rank}", line)  # every node's launcher exits 0
             else:
                 say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)
         finally:
