@@ -134,9 +134,10 @@ def test_sharded_collision_tables_on_two_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_demo_with_collision_tables_trains_and_resumes_exactly(demo_logs, tmp_path):
-    """The demo with MC user (LRU) and item (LFU) tables on 2 ranks: 10 + 10 resumed steps give
-    the same weights, optimizer state and id → row maps as 20 straight steps."""
-    every = ["--set", "checkpoint.every_n_steps=10", *[a for s in MC for a in ("--set", s)]]
+    """The demo with MC user (LRU, fp16 weights) and item (LFU) tables on 2 ranks: 10 + 10
+    resumed steps give the same weights, optimizer state and id → row maps as 20 straight steps."""
+    sets = [*MC, "features.tables.user.data_type=fp16"]
+    every = ["--set", "checkpoint.every_n_steps=10", *[a for s in sets for a in ("--set", s)]]
     straight = tmp_path / "straight"
     proc = train(demo_logs, straight, 20, *every)
     assert "user                 row_wise" in proc.stdout and "item                 row_wise" in proc.stdout
@@ -146,5 +147,7 @@ def test_demo_with_collision_tables_trains_and_resumes_exactly(demo_logs, tmp_pa
     assert "resumed from" in proc.stdout and meta(resumed / "checkpoints" / "step_00000020")["step"] == 20
     a, b = straight / "checkpoints" / "step_00000020", resumed / "checkpoints" / "step_00000020"
     assert_same_training(a, b, tmp_path)
-    maps = [k for k in checkpoint_tensors(a, tmp_path) if k.endswith("_mch_sorted_raw_ids")]
+    tensors = checkpoint_tensors(a, tmp_path)
+    maps = [k for k in tensors if k.endswith("_mch_sorted_raw_ids")]
     assert len(maps) == 2  # both tables' maps are in the checkpoint (and compared above)
+    assert tensors["model.mc_ebc._embedding_module.embedding_bags.user.weight"].dtype == torch.float16
