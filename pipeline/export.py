@@ -43,7 +43,7 @@ from fusionrec.models.inference import DenseHead, InferenceModel
 from fusionrec.pipeline import artifact
 from fusionrec.pipeline.cli_common import add_common_args
 from fusionrec.pipeline.config import ExperimentConfig
-from fusionrec.pipeline.job import load_job_config, load_model_weights, resolve_checkpoint
+from fusionrec.pipeline.job import check_checkpoint_binding, load_job_config, load_model_weights, resolve_checkpoint
 from fusionrec.pipeline.logs import quiet_third_party, say
 from fusionrec.typedconfig import to_dict
 
@@ -332,6 +332,9 @@ def export(cfg: ExperimentConfig, checkpoint: Path, out: Path, quantize: str, ba
            config_path: str = "") -> dict:
     """Write the artifact of ``checkpoint`` to ``out``; returns the manifest."""
     refuse_managed_collisions(cfg)
+    # The checkpoint's own config rules: reordered tasks would export each task with another
+    # task's tower (the id types are checked where data is read, by predict's reader).
+    check_checkpoint_binding(cfg, checkpoint, None, "export")
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize {quantize!r}: unknown quantisation; choose one of {', '.join(QUANTIZE)}")
     if batch_size < 1:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from tests.jobs import CONFIG, evaluate, train
 from tests.launch import REPO, child_env, run
@@ -202,6 +203,10 @@ def test_bad_arguments_fail_with_one_line(served, tmp_path, capsys):
     from fusionrec.pipeline import export
 
     ckpt = str(served["root"] / "run")
+    config = yaml.safe_load(Path(CONFIG).read_text())
+    config["tasks"][0], config["tasks"][1] = config["tasks"][1], config["tasks"][0]
+    reordered = served["root"] / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(config, sort_keys=False))
     # The real command line once: exit status 2 and one line on stderr.
     proc = subprocess.run([*EXPORT, "--checkpoint", ckpt, "--out", str(tmp_path / "a"), "--quantize", "int4"],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
@@ -211,8 +216,11 @@ def test_bad_arguments_fail_with_one_line(served, tmp_path, capsys):
     cases = [
         (["--checkpoint", ckpt, "--out", str(served["exports"]["none"])], "exists and is not empty (pass --force"),
         (["--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--set", "features.tables.user.num_embeddings=999"],
-         "table 'user' (model.ebc.embedding_bags.user.weight): checkpoint [20000, 16], model [999, 16]"),
+         "features.tables.user.num_embeddings: checkpoint 20000, config 999"),
         (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")], "is neither a complete checkpoint"),
+        # The checkpoint's config rules: tasks in another order would export the wrong towers.
+        (["--config", str(reordered), "--checkpoint", ckpt, "--out", str(tmp_path / "d")],
+         "tasks: checkpoint [click, like, convert], config [like, click, convert]"),
     ]
     for args, message in cases:
         capsys.readouterr()
