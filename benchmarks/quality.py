@@ -19,7 +19,19 @@ Suites:
   [128, 64] (``census6``) or 9 of dims [96, 48] (``census9``), towers [32].
 * ``synthetic``: configs/demo.yaml's schema, data from ``datasets.synthetic`` at
   ``synthetic.task_correlation`` 0.2 and 0.9 (eval file 0 = valid, eval file 1 = test), every
-  model with the shared bottom and with the DTRN bottom.
+  model with the shared bottom (setting ``rho<R>-shared``), the DTRN bottom with the SENet TRM
+  (``rho<R>-dtrn``, the default) and with the earlier no-squeeze TRM (``rho<R>-dtrnctx``).
+
+Models: the seven fusions plus ``adatt_nores``, AdaTT without NativeExpertLF in any unit (the
+AdaTT paper's Table 6 ablation: ``native_residual: false, shared_residual: false``).
+
+The issue-15 sweep (results in benchmarks/results/quality.md; the earlier one, before AdaTT's
+learned v and the SENet TRM, in quality_2026-11-22.md)::
+
+    .venv/bin/python -m benchmarks.quality run --suite census6 --models adatt adatt_nores ple ml_mmoe adatt_sp \
+        --seeds 0 1 2 3 4 --threads 1
+    .venv/bin/python -m benchmarks.quality run --suite synthetic --models adatt \
+        --settings rho0.2-dtrn rho0.2-dtrnctx rho0.9-dtrn rho0.9-dtrnctx --seeds 0 1 2 --threads 1
 
 The same optimizer, batch size and epochs for every model of a suite (see ``SUITES``).
 """
@@ -41,9 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.runinfo import load_average, machine, today  # noqa: E402
+
 RUNS = ROOT / "runs" / "quality"
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = ["shared_bottom", "mmoe", "ml_mmoe", "ple", "cross_stitch", "adatt_sp", "adatt"]
+MODELS = ["shared_bottom", "mmoe", "ml_mmoe", "ple", "cross_stitch", "adatt_sp", "adatt_nores", "adatt"]
 LABELS = {
     "shared_bottom": "Shared-Bottom",
     "mmoe": "MMoE",
@@ -51,11 +65,19 @@ LABELS = {
     "ple": "PLE",
     "cross_stitch": "Cross-Stitch",
     "adatt_sp": "AdaTT-sp",
+    "adatt_nores": "AdaTT w/o NativeExpertLF",
     "adatt": "AdaTT",
 }
+# Synthetic bottoms: the shared bottom, DTRN with the SENet TRM (the default), DTRN with the
+# earlier no-squeeze TRM (``trm_form: context``, weights 2·sigmoid), and the SENet TRM with the
+# context form's weight scale 2 (separates the squeeze from the scale).
+BOTTOMS = ["shared", "dtrn", "dtrnctx", "dtrnse2"]
+BOTTOM_LABELS = {"shared": "shared", "dtrn": "DTRN (SENet TRM)", "dtrnctx": "DTRN (context TRM)",
+                 "dtrnse2": "DTRN (SENet TRM, s = 2)"}
 
 # AdaTT paper, Table 5 (mean test AUC over 100 initialisations, full 199,523-row train file);
-# copied from /work/shared/data/census-income-kdd/README.md.
+# copied from /work/shared/data/census-income-kdd/README.md. The ablation without
+# NativeExpertLF is the paper's Table 6, which reports it on other data, not on Census.
 PAPER = {
     "census6": {
         "ml_mmoe": {"income": 0.8729, "never_married": 0.9178, "college": 0.9731},
@@ -84,6 +106,9 @@ def fusion_spec(model: str, experts: int, dims: list[int]) -> str:
         "cross_stitch": f"{{type: cross_stitch, expert_dims: {d}}}",
         "adatt_sp": f"{{type: adatt_sp, expert_dims: {d}, experts_per_task: {experts // 3}}}",
         "adatt": f"{{type: adatt, expert_dims: {d}, experts_per_task: {per_task}, shared_experts: {shared}}}",
+        # Table 6's ablation: no NativeExpertLF in any unit (the release's self_exp_res_connect: false)
+        "adatt_nores": f"{{type: adatt, expert_dims: {d}, experts_per_task: {per_task}, shared_experts: {shared}, "
+                       "native_residual: false, shared_residual: false}",
     }
     return specs[model]
 
@@ -114,6 +139,12 @@ SYNTH_TRAIN = [
 ]
 SYNTH_DTRN = ("{type: dtrn, condition_dim: 8, hyper_hidden: 32, num_layers: 1, num_heads: 2, ffn_dim: 32, "
               "pooling: target, target_feature: item_id, trm_hidden: 64}")
+SYNTH_BOTTOM = {
+    "shared": "{type: shared}",
+    "dtrn": SYNTH_DTRN,  # trm_form: senet (the default)
+    "dtrnctx": SYNTH_DTRN[:-1] + ", trm_form: context}",
+    "dtrnse2": SYNTH_DTRN[:-1] + ", trm_gate_scale: 2.0}",
+}
 SYNTH_ROWS = 120_000
 CORRELATIONS = [0.2, 0.9]
 
@@ -209,6 +240,7 @@ def train_and_test(suite: str, setting: str, model: str, seed: int, data: dict, 
     run_dir = RUNS / f"{suite}-{setting}-{model}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    load_start = load_average()
     t0 = time.perf_counter()
     train(cfg, run_dir, resume=False, info=info)
     train_s = time.perf_counter() - t0
@@ -239,6 +271,9 @@ def train_and_test(suite: str, setting: str, model: str, seed: int, data: dict, 
         "valid_curve": curve,
         "train_s": round(train_s, 2),
         "test_s": round(test_s, 2),
+        "date": today(),
+        "load_start": load_start,
+        "load_end": load_average(),
         "overrides": overrides,
     }
 
@@ -255,14 +290,14 @@ def sweep_items(suite: str, models: list[str], seeds: list[int], settings: list[
                 items.append((suite[len("census"):] + "x" + "-".join(map(str, SUITES[suite]["dims"])), m, seed, data,
                               CENSUS_TRAIN + extra))
     else:
-        wanted = settings or [f"rho{r}-{b}" for r in CORRELATIONS for b in ("shared", "dtrn")]
+        wanted = settings or [f"rho{r}-{b}" for r in CORRELATIONS for b in BOTTOMS]
         for seed in seeds:
             for setting in wanted:
                 rho, bottom = setting.split("-")
                 data = synthetic_data(float(rho[3:]))
-                b = "{type: shared}" if bottom == "shared" else SYNTH_DTRN
                 for m in models:
-                    items.append((setting, m, seed, data, SYNTH_TRAIN + [f"model.bottom={b}"] + extra))
+                    items.append((setting, m, seed, data,
+                                  SYNTH_TRAIN + [f"model.bottom={SYNTH_BOTTOM[bottom]}"] + extra))
     return items
 
 
@@ -375,7 +410,9 @@ def census_table(agg: dict, runs: list[dict], suite: str) -> list[str]:
     lines.append("| comparison | " + " | ".join(tasks) + " |")
     lines.append("| --- | " + " | ".join("---:" for _ in tasks) + " |")
     for a, b in [("adatt", "ple"), ("adatt", "ml_mmoe"), ("adatt", "mmoe"), ("adatt", "adatt_sp"),
-                 ("ml_mmoe", "ple")]:
+                 ("adatt", "adatt_nores"), ("ple", "ml_mmoe"), ("adatt_nores", "ple")]:
+        if a not in models or b not in models:
+            continue
         cells = []
         for t in tasks:
             p = paired(runs, suite, setting, a, b, t)
@@ -389,62 +426,86 @@ def census_table(agg: dict, runs: list[dict], suite: str) -> list[str]:
     return lines
 
 
-def synthetic_table(agg: dict, runs: list[dict]) -> list[str]:
-    if "synthetic" not in agg:
-        return ["*(synthetic: not run)*", ""]
-    s = agg["synthetic"]
+def _paired_mean(runs: list[dict], model: str, a: str, b: str) -> str:
+    """Seed-paired difference of the mean test AUC over tasks, synthetic setting a minus b."""
+    by = {(r["setting"], r["seed"]): r for r in runs if r["suite"] == "synthetic" and r["model"] == model}
+    seeds = sorted(sd for (st, sd) in by if st == a and (b, sd) in by)
+    if not seeds:
+        return "–"
+    d = [statistics.fmean(by[(a, sd)]["test_auc"].values()) - statistics.fmean(by[(b, sd)]["test_auc"].values())
+         for sd in seeds]
+    dm, ds = mean_std(d)
+    if math.isnan(ds):
+        return f"{dm:+.4f} ({int(dm > 0)}/1)"
+    return f"{dm:+.4f} ± {ds:.4f} ({sum(x > 0 for x in d)}/{len(d)}, t={tstat(dm, ds, len(d))})"
+
+
+def trm_table(agg: dict, runs: list[dict]) -> list[str]:
+    """The two TRM forms under the same seeds, with the shared bottom where it was run."""
+    s = agg.get("synthetic", {})
     lines = []
     for rho in CORRELATIONS:
-        shared, dtrn = s.get(f"rho{rho}-shared", {}), s.get(f"rho{rho}-dtrn", {})
-        if not shared and not dtrn:
+        cols = {b: s.get(f"rho{rho}-{b}", {}) for b in BOTTOMS}
+        if not cols["dtrn"] and not cols["dtrnctx"]:
             continue
-        tasks = list(next(iter((shared or dtrn).values()))["test_auc"])
-        lines.append(f"**task_correlation = {rho}** (test AUC, mean ± std over seeds; Δ = DTRN − shared, "
-                     "seed-paired, on the mean over tasks; wins = seeds where DTRN is higher; t = paired t statistic, "
-                     "|t| > 4.30 is p < 0.05 two-sided at 3 seeds, > 12.7 at 2)")
+        lines.append(f"**task_correlation = {rho}**: mean test AUC over the 3 tasks (mean ± std over seeds); "
+                     "Δ seed-paired (wins = seeds where the first is higher; t = paired t, |t| > 4.30 is "
+                     "p < 0.05 two-sided at 3 seeds)")
         lines.append("")
-        lines.append("| fusion | seeds | " + " | ".join(f"{t} shared" for t in tasks) + " | "
-                     + " | ".join(f"{t} DTRN" for t in tasks) + " | mean shared | mean DTRN | Δ mean (wins) |")
-        lines.append("| --- | ---: | " + " | ".join("---:" for _ in tasks * 2) + " | ---: | ---: | ---: |")
+        lines.append("| fusion | seeds | " + " | ".join(BOTTOM_LABELS[b] for b in BOTTOMS)
+                     + " | Δ SENet − context | Δ SENet (s = 2) − context | Δ SENet − shared | Δ context − shared |")
+        lines.append("| --- | ---: | " + " | ".join("---:" for _ in BOTTOMS) + " | ---: | ---: | ---: | ---: |")
         for m in MODELS:
-            a, b = shared.get(m), dtrn.get(m)
-            if a is None and b is None:
+            entries = {b: cols[b].get(m) for b in BOTTOMS}
+            if entries["dtrn"] is None and entries["dtrnctx"] is None:
                 continue
-            cells = [fmt(a["test_auc"][t]) if a else "–" for t in tasks] + [fmt(b["test_auc"][t]) if b else "–" for t in tasks]
-            by = {(r["setting"], r["seed"]): r for r in runs if r["suite"] == "synthetic" and r["model"] == m}
-            seeds = sorted(sd for (st, sd) in by if st == f"rho{rho}-dtrn" and (f"rho{rho}-shared", sd) in by)
-            if seeds:
-                d = [statistics.fmean(by[(f"rho{rho}-dtrn", sd)]["test_auc"].values())
-                     - statistics.fmean(by[(f"rho{rho}-shared", sd)]["test_auc"].values()) for sd in seeds]
-                dm, ds = mean_std(d)
-                delta = (f"{dm:+.4f} ± {ds:.4f} ({sum(x > 0 for x in d)}/{len(d)}, t={tstat(dm, ds, len(d))})"
-                         if not math.isnan(ds) else f"{dm:+.4f} (1/1)" if dm > 0 else f"{dm:+.4f} (0/1)")
-            else:
-                delta = "–"
-            n = max(a["n"] if a else 0, b["n"] if b else 0)
-            lines.append(f"| {LABELS[m]} | {n} | " + " | ".join(cells)
-                         + f" | {fmt(a['test_mean_auc']) if a else '–'} | {fmt(b['test_mean_auc']) if b else '–'} | {delta} |")
+            n = max(e["n"] for e in entries.values() if e)
+            cells = [fmt(e["test_mean_auc"]) if e else "–" for e in entries.values()]
+            deltas = [_paired_mean(runs, m, f"rho{rho}-{a}", f"rho{rho}-{b}")
+                      for a, b in [("dtrn", "dtrnctx"), ("dtrnse2", "dtrnctx"), ("dtrn", "shared"),
+                                   ("dtrnctx", "shared")]]
+            lines.append(f"| {LABELS[m]} | {n} | " + " | ".join(cells) + " | " + " | ".join(deltas) + " |")
         lines.append("")
-    return lines
+        tasks = None
+        for b in ("dtrn", "dtrnctx"):
+            for m, e in cols[b].items():
+                tasks = tasks or list(e["test_auc"])
+        lines.append("Per task (test AUC, mean ± std over seeds):")
+        lines.append("")
+        lines.append("| fusion | bottom | " + " | ".join(tasks) + " | best epochs | train s/run |")
+        lines.append("| --- | --- | " + " | ".join("---:" for _ in tasks) + " | --- | ---: |")
+        for m in MODELS:
+            for b in BOTTOMS:
+                e = cols[b].get(m)
+                if e is None:
+                    continue
+                lines.append(f"| {LABELS[m]} | {BOTTOM_LABELS[b]} | " + " | ".join(fmt(e["test_auc"][t]) for t in tasks)
+                             + f" | {','.join(map(str, e['best_epochs']))} | {e['train_s_mean']:.0f} |")
+        lines.append("")
+    return lines or ["*(synthetic: not run)*", ""]
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     runs = load_runs()
     agg = aggregate(runs)
+    loads = [x for r in runs for x in (r.get("load_start", [None])[0], r.get("load_end", [None])[0]) if x is not None]
     meta = {
         "date": args.date,
-        "machine": args.machine,
+        "machine": args.machine or machine(),
         "commands": args.command,
+        "load_1min": {"min": min(loads), "max": max(loads)} if loads else None,
         "python": platform.python_version(),
-        "recipes": {"census": CENSUS_TRAIN, "synthetic": SYNTH_TRAIN, "synthetic_dtrn_bottom": SYNTH_DTRN,
+        "recipes": {"census": CENSUS_TRAIN, "synthetic": SYNTH_TRAIN, "synthetic_bottoms": SYNTH_BOTTOM,
                     "synthetic_rows": SYNTH_ROWS},
         "selection": "epoch with the best mean valid AUC over tasks (valid scored after every epoch); "
                      "that checkpoint scored on test",
+        "previous": "benchmarks/results/quality_2026-11-22.{md,json} (before issue 15)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    # per run: its model.fusion override instead of the full override list (the rest is the suite's recipe)
+    # per run: its model.fusion / model.bottom overrides instead of the full override list (the rest is the recipe)
     slim = [{**{k: v for k, v in r.items() if k != "overrides"},
-             "fusion": next(o.split("=", 1)[1] for o in r["overrides"] if o.startswith("model.fusion="))}
+             **{key: next((o.split("=", 1)[1] for o in r["overrides"] if o.startswith(f"model.{key}=")), None)
+                for key in ("fusion", "bottom")}}
             for r in runs]
     (RESULTS / "quality.json").write_text(json.dumps({**meta, "paper_table5": PAPER, "aggregate": agg,
                                                       "runs": slim}, indent=1) + "\n")
@@ -452,10 +513,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     lines = [head.rstrip(), ""] if head else []
     lines += ["## Census-Income (KDD), AdaTT Table 5 setting: 6 experts per level, dims [128, 64]", ""]
     lines += census_table(agg, runs, "census6")
-    lines += ["## Census-Income (KDD): 9 experts per level, dims [96, 48]", ""]
-    lines += census_table(agg, runs, "census9")
-    lines += ["## Synthetic logs (configs/demo.yaml schema): shared bottom vs DTRN bottom", ""]
-    lines += synthetic_table(agg, runs)
+    if "census9" in agg:
+        lines += ["## Census-Income (KDD): 9 experts per level, dims [96, 48]", ""]
+        lines += census_table(agg, runs, "census9")
+    lines += ["## Synthetic logs (configs/demo.yaml schema): the two TRM forms of the DTRN bottom", ""]
+    lines += trm_table(agg, runs)
     tail = Path(args.notes).read_text() if args.notes else ""
     if tail:
         lines += [tail.rstrip(), ""]
@@ -476,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--deadline-s", type=float, default=0, help="start no new run after this many seconds")
     rep = sub.add_parser("report", help="aggregate runs.jsonl into benchmarks/results/quality.{md,json}")
     rep.add_argument("--date", default=time.strftime("%Y-%m-%d"))
-    rep.add_argument("--machine", default="2-core shared CPU, 24 GB, no GPU")
+    rep.add_argument("--machine", default="", help="default: benchmarks.runinfo.machine()")
     rep.add_argument("--command", action="append", default=[], help="a command that produced the runs (repeatable)")
     rep.add_argument("--headline", help="Markdown file put at the top of quality.md")
     rep.add_argument("--notes", help="Markdown file appended to quality.md")
