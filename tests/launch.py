@@ -25,6 +25,20 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def child_pids(pid: int) -> list[int]:
+    """The pids of ``pid``'s live children (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def run(cmd: list[str], timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``cmd``; on failure, raise with its full output so the test report shows why."""
     proc = subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)

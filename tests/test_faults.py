@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.jobs import BATCH, assert_same_training, meta, read_log, train, train_args
-from tests.launch import REPO, TORCHRUN, child_env, free_port
+from tests.launch import REPO, TORCHRUN, child_env, child_pids, free_port
 
 pytestmark = pytest.mark.slow
 STEPS = 80
@@ -40,19 +40,6 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: int = 300) -> str:
     return text
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def test_killed_worker_restarts_and_resumes_from_last_checkpoint(demo_logs, straight, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "elastic.log"
     args = ["--nnodes", "1", "--nproc_per_node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
@@ -65,7 +52,7 @@ def test_killed_worker_restarts_and_resumes_from_last_checkpoint(demo_logs, stra
         assert agent.poll() is None, log.read_text()[-4000:]
         assert time.time() < deadline, "no checkpoint within 240 s"
         time.sleep(0.2)
-    workers = _children(agent.pid)
+    workers = child_pids(agent.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)
     out = _finish(agent, log)

@@ -20,7 +20,7 @@ import pytest
 
 from fusionrec.pipeline import checkpoint as ckpt
 from tests.jobs import CONFIG, assert_same_training
-from tests.launch import REPO, TORCHRUN, child_env, free_port, run, torchrun
+from tests.launch import REPO, TORCHRUN, child_env, child_pids, free_port, run, torchrun
 
 pytestmark = pytest.mark.slow
 STEPS = 30
@@ -135,10 +135,10 @@ def test_a_signal_to_every_process_at_once_still_saves(logs, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "all.log"
     proc = start(launcher(*train_args(logs, run_dir, STEPS, "--set", "data.num_workers=2")), log)
     wait_for_step(proc, run_dir, 5, log)
-    agent = _children(proc.pid)
+    agent = child_pids(proc.pid)
     assert len(agent) == 1, agent
-    workers = _children(agent[0])
-    assert len(workers) == 2 and all(_children(w) for w in workers), workers  # each with its readers
+    workers = child_pids(agent[0])
+    assert len(workers) == 2 and all(child_pids(w) for w in workers), workers  # each with its readers
     for pid in [*workers, agent[0]]:
         os.kill(pid, signal.SIGTERM)
     code, seconds, out = stop_with(proc, signal.SIGTERM, log)
@@ -146,19 +146,6 @@ def test_a_signal_to_every_process_at_once_still_saves(logs, tmp_path):
     step = int(re.search(r"stopped by SIGTERM at step (\d+)", out).group(1))
     assert [p.name for p in ckpt.list_checkpoints(run_dir)] == [f"step_{step:08d}"]
     assert ckpt.damage(run_dir / "checkpoints" / f"step_{step:08d}") is None
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -174,7 +161,7 @@ def test_workers_of_a_killed_agent_stop_without_publishing(logs, tmp_path):
     proc = start(bare_torchrun(*train_args(logs, run_dir, 400, "--set", "checkpoint.every_n_steps=5",
                                           "--set", "train.epochs=10")), log)  # fmt: skip
     wait_for_step(proc, run_dir, 10, log)  # the step-5 checkpoint is published by then
-    workers = _children(proc.pid)
+    workers = child_pids(proc.pid)
     assert len(workers) == 2, workers
     killed = time.monotonic()
     proc.send_signal(signal.SIGKILL)
