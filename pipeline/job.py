@@ -10,7 +10,8 @@
     check_checkpoint_binding(cfg, path, reader, ...)     # the checkpoint's config and id types rule
     meta  = load_model_weights(built.model, path)        # DCP, any saved world size
 
-``pipeline.train``, ``pipeline.evaluate``, ``pipeline.plan`` and the benchmarks call these steps;
+``pipeline.train``, ``pipeline.evaluate``, ``pipeline.plan``, ``pipeline.export``, the
+``fusionrec train`` launcher and the benchmarks call these steps;
 no job imports another job. Each step is small on purpose: read this file top to bottom to know
 what any job does before its own loop starts.
 """
@@ -28,15 +29,15 @@ import torch
 from fusionrec.datasets.reader import ParquetReader, resolve_paths
 from fusionrec.errors import CheckpointDamagedError, ConfigError, UserError
 from fusionrec.models import MultiTaskModel, build_model
+from fusionrec.models.embeddings import max_ids_per_row
 from fusionrec.pipeline import binding
 from fusionrec.pipeline import checkpoint as ckpt
 from fusionrec.pipeline.config import ExperimentConfig, OptimizerConfig, load_config
 from fusionrec.pipeline.distributed import DistInfo, all_reduce, init_distributed
 from fusionrec.pipeline.lifecycle import watch_parent
 from fusionrec.pipeline.logs import say
-from fusionrec.pipeline.runlock import RunDirLock, locked_error
 from fusionrec.pipeline.optimizers import fuse_sparse_optimizer
-from fusionrec.models.embeddings import max_ids_per_row
+from fusionrec.pipeline.runlock import RunDirLock, locked_error
 from fusionrec.sharding.collisions import reserve_admission_history
 from fusionrec.sharding.planner import describe_plan, plan_and_shard
 from fusionrec.sharding.report import PlanRecorder, PlanSummary, quiet_planner
