@@ -30,3 +30,15 @@ def demo_logs(tmp_path_factory) -> Path:
     run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", str(REPO / "configs/demo.yaml"), "--out", str(out),
          "--rows", "40000"])
     return out
+
+
+@pytest.fixture(scope="session")
+def small_logs(tmp_path_factory) -> Path:
+    """4,000 synthetic demo rows in row groups of 500 (3,200 train, 800 eval), for lean
+    process-level tests; written once per test session."""
+    from tests.launch import run
+
+    out = tmp_path_factory.mktemp("small_logs")
+    run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", str(REPO / "configs/demo.yaml"), "--out", str(out),
+         "--rows", "4000", "--set", "synthetic.row_group_size=500"])  # fmt: skip
+    return out

@@ -20,7 +20,7 @@ import pytest
 
 from fusionrec.pipeline import checkpoint as ckpt
 from tests.jobs import CONFIG, assert_same_training
-from tests.launch import REPO, TORCHRUN, child_env, child_pids, free_port, run, torchrun
+from tests.launch import REPO, TORCHRUN, child_env, child_pids, free_port, torchrun
 
 pytestmark = pytest.mark.slow
 STEPS = 30
@@ -29,11 +29,8 @@ GRACE_S = 30  # torchrun's shutdown grace before it SIGKILLs the workers
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("logs")
-    run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", CONFIG, "--out", str(out), "--rows", "4000",
-         "--set", "synthetic.row_group_size=500"])  # fmt: skip
-    return out
+def logs(small_logs) -> Path:
+    return small_logs
 
 
 def train_args(logs: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:

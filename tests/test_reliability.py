@@ -29,19 +29,16 @@ from fusionrec.pipeline import evaluate as evaluate_job
 from fusionrec.pipeline import train as train_job
 from fusionrec.pipeline.train_metrics import TrainMetrics
 from tests.jobs import CONFIG
-from tests.launch import REPO, child_env, run
+from tests.launch import REPO, child_env
 
 BATCH = 32
 TASK_ORDER = "tasks=[{name: like}, {name: click}, {name: convert, space: click}]"
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory) -> Path:
+def logs(small_logs) -> Path:
     """4,000 synthetic demo rows in row groups of 500 (3,200 train, 800 eval)."""
-    out = tmp_path_factory.mktemp("logs")
-    run([sys.executable, "-m", "fusionrec.datasets.synthetic", "--config", CONFIG, "--out", str(out), "--rows", "4000",
-         "--set", "synthetic.row_group_size=500"])  # fmt: skip
-    return out
+    return small_logs
 
 
 def train_main(logs: Path, run_dir: Path, steps: int, *extra: str) -> int:
