@@ -84,7 +84,7 @@ def check_job(torchrun: list[str], train_argv: list[str]) -> None:
     from fusionrec.pipeline import job  # noqa: PLC0415
     from fusionrec.pipeline.distributed import DistInfo  # noqa: PLC0415
     from fusionrec.pipeline.runlock import RunDirLock  # noqa: PLC0415
-    from fusionrec.pipeline.train import config_overrides, parse_args  # noqa: PLC0415
+    from fusionrec.pipeline.train_args import config_overrides, parse_args  # noqa: PLC0415
 
     args = parse_args(train_argv)
     cfg = job.load_job_config(args.config, config_overrides(args))
@@ -191,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     torchrun, train_argv = split_args(argv)
     if any(a in ("-h", "--help") for a in train_argv):
-        from fusionrec.pipeline.train import parse_args  # noqa: PLC0415
+        from fusionrec.pipeline.train_args import parse_args  # noqa: PLC0415
 
         print(__doc__.split("\n\n")[0] + "\n\ntorchrun options: " + " ".join(TORCHRUN_OPTIONS) + "\n")
         parse_args(["--help"])

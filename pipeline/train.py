@@ -16,7 +16,6 @@ exit 0 (:mod:`pipeline.lifecycle`); bad input data shows on the console at each 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -35,7 +34,7 @@ from fusionrec.errors import UserError, exit_on_user_error, report_to_launcher
 from fusionrec.models.multitask import StepOutput
 from fusionrec.pipeline import checkpoint as ckpt
 from fusionrec.pipeline import data_health, job
-from fusionrec.pipeline.cli_common import add_common_args
+from fusionrec.pipeline.train_args import config_overrides, parse_args
 from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
 from fusionrec.pipeline.distributed import DistInfo, all_reduce, shutdown
 from fusionrec.pipeline.lifecycle import StopRequest, signal_name
@@ -57,28 +56,6 @@ class TrainerState:
     batch_in_epoch: int = 0
     best_eval: Optional[float] = None
     evals_without_improvement: int = 0
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fusionrec.pipeline.train", description=__doc__.split("\n\n")[0])
-    add_common_args(parser)
-    parser.add_argument("--train-data", help="train Parquet logs: directory, glob or file (overrides data.train)")
-    parser.add_argument("--eval-data", help="eval Parquet logs (overrides data.eval)")
-    parser.add_argument("--run-dir", required=True, help="where checkpoints and logs go")
-    parser.add_argument("--max-steps", type=int, help="stop after this many steps (overrides train.max_steps)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    return parser.parse_args(argv)
-
-
-def config_overrides(args: argparse.Namespace) -> list[str]:
-    sets = list(args.set or [])
-    if args.train_data:
-        sets.append(f"data.train={args.train_data}")
-    if args.eval_data:
-        sets.append(f"data.eval={args.eval_data}")
-    if args.max_steps is not None:
-        sets.append(f"train.max_steps={args.max_steps}")
-    return sets
 
 
 def epoch_batches(reader: ParquetReader, state: TrainerState, max_steps: int, epochs: int) -> Iterator[Batch]:

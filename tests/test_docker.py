@@ -326,7 +326,7 @@ def test_pytorchjob_has_what_the_operator_needs():
 def test_pytorchjob_pods_start_the_planned_job(fake_bin):
     """Each pod, given the variables the operator sets, starts torchrun for the same job."""
     from fusionrec.pipeline.config import load_config
-    from fusionrec.pipeline.train import parse_args as train_args
+    from fusionrec.pipeline.train_args import parse_args as train_args
 
     job = load_pytorchjob()
     specs = job["spec"]["pytorchReplicaSpecs"]
@@ -415,7 +415,7 @@ def doc_commands(prefix: str) -> list[list[str]]:
 def test_cluster_doc_torchrun_commands_parse():
     commands = doc_commands("torchrun ")
     assert commands, "docs/cluster.md shows no torchrun command"
-    from fusionrec.pipeline.train import parse_args as train_args
+    from fusionrec.pipeline.train_args import parse_args as train_args
 
     for cmd in commands:
         args = get_args_parser().parse_args(cmd[1:])

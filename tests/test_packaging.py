@@ -29,7 +29,7 @@ ALLOWED = {
     "sharding": {"fusionrec"},
     "pipeline": {"fusionrec", "datasets", "models", "sharding"},
 }
-JOBS = {"train", "evaluate", "plan", "export", "predict"}
+JOBS = {"train", "evaluate", "plan", "export", "predict", "launch"}
 
 
 def _imports(path: Path) -> set[str]:
