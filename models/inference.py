@@ -199,8 +199,6 @@ def _weighted_mean(weighted_sum: torch.Tensor, jt: JaggedTensor, max_len: Option
     return weighted_sum / torch.where(total > 0, total, torch.ones_like(total))
 
 
-
-
 class DenseHead(nn.Module):
     """bottom → fusion → towers → prediction link, over one flat tuple of tensors.
 
