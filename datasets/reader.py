@@ -6,41 +6,49 @@ naming the file and the column) and lists the row groups. Nothing else is read u
 
 **Epoch order.** An epoch reads the N rows of all row groups in one order: files sorted by
 path and row groups in file order, or, with ``shuffle=True``, all row groups permuted by
-``(seed, epoch)`` (which shuffles the files and the row groups inside them at once). Rank r
-of W takes the contiguous slice ``[r*N//W, (r+1)*N//W)`` of that order. With
-``drop_last=True`` every rank yields exactly ``(N // W) // batch_size`` full batches, so ranks
+``(seed, epoch)`` (which shuffles the files and the row groups inside them at once). With
+``shuffle_buffer_rows`` = S > 0 the rows of each window ``[i*S, (i+1)*S)`` of that order are
+also permuted, by ``(seed, epoch, i)``. The epoch order depends on the files and those
+settings only, never on the world size, the workers or the batch size.
+
+**Passes and ranks.** A pass reads an epoch's rows, all of them or (after a resume on another
+layout, below) the ones still to train, as a list of intervals of the epoch order (the pass
+order, M rows). Rank r of W takes the contiguous slice ``[r*M//W, (r+1)*M//W)`` of it. With
+``drop_last=True`` every rank yields exactly ``(M // W) // batch_size`` full batches, so ranks
 never disagree on the number of steps; each rank drops the rest of its slice, fewer than
 ``batch_size + 1`` rows, and counts it (``rows_dropped_partial_batch``). Files of any sizes
 balance because the split is by rows, not by files.
 
 **Workers.** Inside ``torch.utils.data.DataLoader(reader, batch_size=None, num_workers=n)``
 (or :func:`make_loader`), worker w takes the contiguous share
-``[w*S//n, (w+1)*S//n)`` of the rank's S batches, so every row of an epoch is read by exactly
+``[w*S//n, (w+1)*S//n)`` of the rank's S batches, so every row of a pass is read by exactly
 one worker of one rank. The DataLoader hands out batches round-robin over the workers
 (worker 0's first, worker 1's first, ..., worker 0's second, ...), which fixes the order of a
 rank's batches for a given ``num_workers``.
 
-**Windows and the shuffle buffer.** A worker reads its rows window by window, a window being
-whole batches of consecutive rows in epoch order; a window's row groups are read one at a
-time with only the schema's columns (the last one stays cached for the next window),
-concatenated, converted to numpy in one vectorised pass, and cut into batches. With
-``shuffle_buffer_rows`` > 0 the windows hold ``K = max(1, shuffle_buffer_rows // batch_size)``
-batches on a grid that starts at the worker's first batch, and the rows of each window are
-permuted by ``(seed, epoch, window start)`` before batching. Memory is bounded by about one
-window plus one row group per worker, whatever the dataset size.
+**Windows.** A worker reads its rows window by window, a window being whole batches of
+consecutive rows of the pass order (up to ``CHUNK_ROWS``, ending inside the row group or
+shuffle window it starts in when a batch fits there); row groups are read one at a time with
+only the schema's columns (the last one stays cached for the next window), concatenated,
+converted to numpy in one vectorised pass, and cut into batches. With a shuffle buffer each
+shuffle window a reading window touches is read whole, kept for the next one, and its
+permuted rows taken. Memory is bounded by about one window, one shuffle window and one row
+group per worker, whatever the dataset size.
 
-**Resume.** A position is ``(epoch, batches_consumed)``: how many batches of that epoch this
-rank's train loop has finished. Since the order of batches is a function of (files, seed,
-epoch, world size, batch size, num_workers), the position determines, for every worker share,
-how many of its batches were consumed (the round-robin order is inverted exactly) and so the
-window and the row it restarts at; the resumed DataLoader's worker i takes the share
-``(i + s) mod n`` where s is the share whose batch comes next, so its round-robin continues
-the interrupted one. :meth:`ParquetReader.load_state_dict` (or
-``set_epoch(epoch, start_batch=k)``) makes the next pass yield exactly batches k, k+1, ... of
-the uninterrupted epoch: no row twice, none skipped. It seeks straight to the row group of the
-next row; with the shuffle buffer, only the window that was partly consumed is read again (to
-rebuild its permutation; its consumed rows are not yielded). The state saved in a checkpoint
-(:meth:`ParquetReader.state_dict`) is the same on every rank, so rank 0's copy restores all.
+**Resume.** A position is ``(epoch, the pass's intervals, batches_consumed)``, k batches being
+how many of that pass this rank's train loop has finished. For a given layout (world size,
+batch size, workers, drop_last) k determines, for every rank and worker share, how many of its
+batches were consumed (the round-robin order is inverted exactly), so
+:meth:`ParquetReader.load_state_dict` on the same layout makes the next pass yield exactly
+batches k, k+1, ... of the uninterrupted one: it seeks straight to the row group of each
+share's next row, and the resumed DataLoader's worker i takes the share ``(i + s) mod n``
+where s is the share whose batch comes next, so its round-robin continues the interrupted
+one. On another layout (a cluster of another size, other workers or batch size) the consumed
+rows, a union of per-share prefixes, are taken out of the pass's intervals and the rest
+becomes a pass of its own, split over the new layout as above: no row twice, none skipped
+(except the new drop_last's fewer than ``batch_size + 1`` per rank). The state saved in a
+checkpoint (:meth:`ParquetReader.state_dict`) is the same on every rank, so rank 0's copy
+restores all, on any layout.
 
 **Bad values.** See :mod:`datasets.convert` for the policy of each case. Every batch carries
 the events of its rows in ``batch.stats``; :meth:`ParquetReader.data_stats` sums the batches
@@ -55,7 +63,7 @@ import math
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +96,7 @@ __all__ = [
     "resolve_paths",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 CHUNK_ROWS = 65_536  # rows per window when there is no shuffle buffer
 OPEN_FILES = 4  # open files kept per iterating process
 
@@ -210,14 +218,103 @@ def interleaved_counts(counts: Sequence[int], k: int) -> list[int]:
     return taken
 
 
+def consumed_intervals(
+    rows: int, world_size: int, num_workers: int, batch_size: int, drop_last: bool, batches_consumed: int
+) -> list[tuple[int, int]]:
+    """The rows [lo, hi) of a pass order of ``rows`` rows that a reader layout has consumed
+    once every rank's train loop has finished ``batches_consumed`` batches: per rank, per
+    worker share, the share's first batches (as many as the DataLoader's round-robin handed
+    out). Sorted, disjoint."""
+    out = []
+    nw = max(1, num_workers)
+    for r in range(world_size):
+        lo, hi = _split(rows, world_size, r)
+        nb = (rows // world_size) // batch_size if drop_last else math.ceil((hi - lo) / batch_size)
+        stop = lo + nb * batch_size if drop_last else hi
+        shares = [_split(nb, nw, w) for w in range(nw)]
+        taken = interleaved_counts([b - a for a, b in shares], min(batches_consumed, nb))
+        for (a, _), t in zip(shares, taken):
+            if t:
+                out.append((lo + a * batch_size, min(lo + (a + t) * batch_size, stop)))
+    return sorted(out)
+
+
+class _Pass:
+    """The rows one pass over an epoch reads, and this rank's share of them.
+
+    ``segments`` (int64 [K, 2]) are intervals [lo, hi) of the epoch order, in that order: one,
+    ``[0, N]``, for a whole epoch; for a pass resumed on another layout, the rows the
+    interrupted pass had not consumed. Their concatenation is the *pass order* (``rows``
+    rows). Rank r of W takes its contiguous slice ``[r*M//W, (r+1)*M//W)`` and cuts it into
+    batches (``drop_last``: ``(M // W) // batch_size`` full ones on every rank)."""
+
+    def __init__(self, segments, batch_size: int, rank: int, world_size: int, drop_last: bool) -> None:
+        self.segments = np.asarray(segments, dtype=np.int64).reshape(-1, 2)
+        self.starts = np.zeros(len(self.segments) + 1, dtype=np.int64)
+        np.cumsum(self.segments[:, 1] - self.segments[:, 0], out=self.starts[1:])
+        self.rows = int(self.starts[-1])
+        m, w, b = self.rows, world_size, batch_size
+        self.slice_start, slice_stop = _split(m, w, rank)
+        if drop_last:
+            self.num_batches = (m // w) // b
+            self.slice_stop = self.slice_start + self.num_batches * b
+        else:
+            self.num_batches = math.ceil((slice_stop - self.slice_start) / b)
+            self.slice_stop = slice_stop
+        self.rows_dropped = slice_stop - self.slice_stop
+
+    def is_whole_epoch(self, total_rows: int) -> bool:
+        return len(self.segments) == 1 and (int(self.segments[0, 0]), int(self.segments[0, 1])) == (0, total_rows)
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Rows [lo, hi) of the pass order as intervals of the epoch order."""
+        out = []
+        i = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        while lo < hi:
+            first, seg_start, seg_stop = int(self.segments[i, 0]), int(self.starts[i]), int(self.starts[i + 1])
+            b = min(hi, seg_stop)
+            out.append((first + lo - seg_start, first + b - seg_start))
+            lo, i = b, i + 1
+        return out
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """(the epoch row of pass row ``row``, the pass row where its segment ends)."""
+        i = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return int(self.segments[i, 0]) + row - int(self.starts[i]), int(self.starts[i + 1])
+
+    def without(self, consumed: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """The segments of the epoch order left once pass rows ``consumed`` (sorted, disjoint)
+        are taken out, adjacent ones merged."""
+        left, at = [], 0
+        for lo, hi in [*consumed, (self.rows, self.rows)]:
+            if lo > at:
+                for a, b in self.pieces(at, lo):
+                    if left and left[-1][1] == a:
+                        left[-1][1] = b
+                    else:
+                        left.append([a, b])
+            at = max(at, hi)
+        return left
+
+
+class _Layout(NamedTuple):
+    """An epoch's row groups: their order and first rows (int64 [G+1] cumulative)."""
+
+    epoch: int
+    order: np.ndarray
+    starts: np.ndarray
+
+
 class _Source:
     """Row groups for one iterating process: a few files kept open, the last row group
-    decoded kept for the window that follows."""
+    decoded kept for the window that follows, and (with a shuffle buffer) the last shuffle
+    window read with its permutation."""
 
     def __init__(self, reader: "ParquetReader") -> None:
         self.reader = reader
         self.files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
         self.last: Optional[tuple[int, pa.Table]] = None
+        self.window: Optional[tuple[int, pa.Table, np.ndarray]] = None
 
     def group(self, g: int) -> pa.Table:
         if self.last is not None and self.last[0] == g:
@@ -243,6 +340,7 @@ class _Source:
             pf.close()
         self.files.clear()
         self.last = None
+        self.window = None
 
 
 # ----------------------------------------------------------------------------- the reader
@@ -272,13 +370,15 @@ class ParquetReader(IterableDataset):
             rank. False: every row of the rank's slice, the last batch possibly partial.
         seed: seeds the epoch orders and the shuffle buffer.
         shuffle: permute the row groups (and so the files) per epoch by ``(seed, epoch)``.
-        shuffle_buffer_rows: when > 0 (and ``shuffle``), also permute rows inside windows of
-            ``max(1, shuffle_buffer_rows // batch_size)`` batches; memory grows with it.
+        shuffle_buffer_rows: when > 0 (and ``shuffle``), also permute the rows inside each
+            window of that many rows of the epoch order; memory grows with it.
         num_workers: DataLoader workers :func:`make_loader` starts (0: read in this process).
 
     Attributes:
         paths: the files, sorted. total_rows: rows in all files (from the footers).
         epoch: the epoch the next pass reads (:meth:`set_epoch`).
+        resume_note: after :meth:`load_state_dict` re-split a pass for another layout, one
+            line saying from what to what and how many rows remain; else None.
 
     Raises:
         DataError: a file cannot be read, lacks a column, has a column of the wrong type,
@@ -322,19 +422,25 @@ class ParquetReader(IterableDataset):
         self._first_files: dict[str, str] = {}  # counter -> the file of the first batch it fired in
         self._rows_read = 0
         self._plan()
-
-        n, w, b = self.total_rows, world_size, batch_size
-        self._slice_start, slice_stop = _split(n, w, rank)
-        if drop_last:
-            self._num_batches = (n // w) // b
-            self._slice_stop = self._slice_start + self._num_batches * b
-        else:
-            self._num_batches = math.ceil((slice_stop - self._slice_start) / b)
-            self._slice_stop = slice_stop
-        self._rows_dropped = slice_stop - self._slice_stop
+        self._whole = self._make_pass([[0, self.total_rows]])
+        self._resumed: Optional[tuple[int, _Pass]] = None  # (epoch, the re-split rest of it)
+        self.resume_note: Optional[str] = None
         self.epoch = 0
         self._start_batch = 0
         self._position = 0  # batches of the current pass handed out in this process
+
+    def _make_pass(self, segments) -> _Pass:
+        return _Pass(segments, self.batch_size, self.rank, self.world_size, self.drop_last)
+
+    def _pass_of(self, epoch: int) -> _Pass:
+        """The pass over ``epoch``: the whole epoch, or the rest of it a resume re-split."""
+        if self._resumed is not None and self._resumed[0] == epoch:
+            return self._resumed[1]
+        return self._whole
+
+    @property
+    def _pass(self) -> _Pass:
+        return self._pass_of(self.epoch)
 
     def _plan(self) -> None:
         """Read every footer, check the schemas, and list the row groups."""
@@ -390,75 +496,100 @@ class ParquetReader(IterableDataset):
 
     @property
     def num_batches(self) -> int:
-        """Batches this rank yields per epoch (equal on all ranks when ``drop_last``)."""
-        return self._num_batches
+        """Batches this rank yields in the current pass (equal on all ranks when
+        ``drop_last``): a whole epoch's, or fewer in an epoch whose rest a resume re-split."""
+        return self._pass.num_batches
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank yields in a whole epoch."""
+        return self._whole.num_batches
 
     def __len__(self) -> int:
         """Batches the next pass yields: ``num_batches`` less the resumed start batch."""
-        return self._num_batches - self._start_batch
+        return self._pass.num_batches - self._start_batch
 
     @property
     def num_rows(self) -> int:
-        """Rows this rank yields per epoch."""
-        return self._slice_stop - self._slice_start
+        """Rows this rank yields in the current pass."""
+        return self._pass.slice_stop - self._pass.slice_start
 
     @property
     def first_row(self) -> int:
-        """Index of this rank's first row in the files' order (row groups in file order, files
-        as resolved). Without shuffling and with one worker, rows come in that order from here."""
-        return self._slice_start
+        """Index of this rank's first row of a whole epoch in the files' order (row groups in
+        file order, files as resolved). Without shuffling and with one worker, rows come in
+        that order from here."""
+        return self._whole.slice_start
 
     @property
     def rows_dropped(self) -> int:
-        """Rows of this rank's slice that ``drop_last`` leaves out per epoch (0 when drop_last=False)."""
-        return self._rows_dropped
+        """Rows of this rank's slice that ``drop_last`` leaves out of the current pass (0 when
+        drop_last=False)."""
+        return self._pass.rows_dropped
 
     @property
     def total_rows_dropped(self) -> int:
-        """Rows per epoch that no rank reads, summed over all ranks."""
+        """Rows of the current pass that no rank reads, summed over all ranks."""
         if not self.drop_last:
             return 0
-        return self.total_rows - self.world_size * self._num_batches * self.batch_size
+        return self._pass.rows - self.world_size * self._pass.num_batches * self.batch_size
 
     # -- epochs and positions ---------------------------------------------------------
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Make the next pass read ``epoch`` from its batch ``start_batch`` on (0: all of it)."""
+        """Make the next pass read the whole ``epoch`` from its batch ``start_batch`` on (0: all of it)."""
         if epoch < 0:
             raise ValueError("epoch must be >= 0")
-        if not 0 <= start_batch <= self._num_batches:
-            raise ValueError(f"start_batch must be in [0, {self._num_batches}], got {start_batch}")
+        if not 0 <= start_batch <= self._whole.num_batches:
+            raise ValueError(f"start_batch must be in [0, {self._whole.num_batches}], got {start_batch}")
+        if self._resumed is not None and self._resumed[0] == epoch:
+            self._resumed = None
         self.epoch, self._start_batch, self._position = epoch, start_batch, start_batch
+
+    def _begin(self, epoch: int, segments, start_batch: int) -> None:
+        """Make the next pass read the rows ``segments`` of ``epoch`` from its batch ``start_batch`` on."""
+        part = self._make_pass(segments)
+        self.set_epoch(epoch)
+        if not part.is_whole_epoch(self.total_rows):
+            self._resumed = (epoch, part)
+        self._start_batch = self._position = start_batch
 
     def state_dict(self, epoch: Optional[int] = None, batches_consumed: Optional[int] = None) -> dict:
         """The reader position as plain JSON-able data, to save in a checkpoint.
 
         Args:
             epoch: the epoch of the position (default: the current pass's, ``self.epoch``).
-            batches_consumed: batches of that epoch this rank's train loop has finished.
-                Pass the loop's own count: a pipeline that prefetches pulls batches before it
-                trains on them. Default: the batches handed out in this process so far
-                (exact only when nothing prefetches).
+            batches_consumed: batches of that epoch's pass this rank's train loop has
+                finished. Pass the loop's own count: a pipeline that prefetches pulls batches
+                before it trains on them. Default: the batches handed out in this process so
+                far (exact only when nothing prefetches).
 
         Returns:
-            ``{"version", "epoch", "batches_consumed", "num_batches", "batch_size",
-            "world_size", "num_workers", "seed", "shuffle", "shuffle_buffer_rows",
-            "drop_last", "total_rows", "files", "fingerprint", "workers"}``. Everything but
-            ``workers`` is identical on every rank; ``workers`` (this rank's per-worker
-            ``{"worker", "batches_consumed", "file", "row"}`` — where each worker reads next)
-            is informational. A finished epoch is stored as the start of the next one.
+            ``{"version", "epoch", "batches_consumed", "segments", "rows_remaining",
+            "num_batches", "batch_size", "world_size", "num_workers", "seed", "shuffle",
+            "shuffle_buffer_rows", "drop_last", "total_rows", "files", "fingerprint",
+            "workers"}``. ``segments`` are the pass's rows as ``[lo, hi)`` intervals of the
+            epoch order (``[[0, total_rows]]`` for a whole epoch); ``rows_remaining`` the rows
+            of the epoch not yet consumed. Everything but ``workers`` is identical on every
+            rank; ``workers`` (this rank's per-worker ``{"worker", "batches_consumed",
+            "file", "row"}`` — where each worker reads next) is informational. A finished
+            pass is stored as the start of the next epoch.
         """
         epoch = self.epoch if epoch is None else epoch
+        part = self._pass_of(epoch)
         k = self._position if batches_consumed is None else batches_consumed
-        if not 0 <= k <= self._num_batches:
-            raise ValueError(f"batches_consumed must be in [0, {self._num_batches}], got {k}")
-        if k == self._num_batches and k > 0:
-            epoch, k = epoch + 1, 0
+        if not 0 <= k <= part.num_batches:
+            raise ValueError(f"batches_consumed must be in [0, {part.num_batches}], got {k}")
+        if k == part.num_batches and (k > 0 or part is not self._whole):
+            epoch, k, part = epoch + 1, 0, self._whole
+        done = consumed_intervals(part.rows, self.world_size, self.num_workers, self.batch_size, self.drop_last, k)
         return {
             "version": STATE_VERSION,
             "epoch": int(epoch),
             "batches_consumed": int(k),
-            "num_batches": self._num_batches,
+            "segments": part.segments.tolist(),
+            "rows_remaining": part.rows - sum(hi - lo for lo, hi in done),
+            "num_batches": part.num_batches,
             "batch_size": self.batch_size,
             "world_size": self.world_size,
             "num_workers": self.num_workers,
@@ -475,52 +606,82 @@ class ParquetReader(IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         """Make the next pass continue right after the position ``state`` records.
 
-        A position at the start of an epoch (``batches_consumed == 0``) fits any reader. A
-        position inside an epoch needs the same files (row counts per row group), batch size,
-        world size, number of workers, seed, shuffle settings and drop_last; otherwise this
-        raises :class:`DataError` naming what differs.
+        A position at the start of an epoch fits any reader. Inside an epoch the epoch order
+        must be the same: the same files (row counts per row group), seed and shuffle
+        settings, else :class:`DataError` naming what differs. Then, with the same batch
+        size, world size, number of workers and drop_last, the next pass yields exactly the
+        batches the interrupted one would have; with any of those changed, the rows the
+        interrupted pass had not consumed (on any rank or worker, including those its
+        ``drop_last`` would have left out) are re-split over this layout as a pass of their
+        own (:attr:`resume_note` says so): no row twice, none skipped.
         """
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"reader state version {state.get('version')!r} is not {STATE_VERSION}")
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise DataError(f"reader state version {version!r} is not one of 1, {STATE_VERSION}")
         epoch, k = int(state["epoch"]), int(state["batches_consumed"])
-        if k:
-            mine = self.state_dict(epoch, 0)
-            keys = ("batch_size", "world_size", "num_workers", "seed", "shuffle", "shuffle_buffer_rows", "drop_last")
-            keys += ("total_rows", "files", "fingerprint")
-            saved = dict(state)
-            if max(1, int(saved.get("num_workers") or 0)) == max(1, self.num_workers):  # 0 and 1: one share
-                saved["num_workers"] = self.num_workers
-            diff = [
-                f"{key}: saved {saved.get(key)!r}, now {mine[key]!r}" for key in keys if saved.get(key) != mine[key]
-            ]
-            if diff:
-                raise DataError(
-                    f"cannot resume the reader inside epoch {epoch} (batch {k}): the data or the reader settings "
-                    f"changed since the checkpoint ({'; '.join(diff)})"
-                )
-        self.set_epoch(epoch, k)
+        saved_rows = int(state.get("total_rows", self.total_rows))
+        segments = state.get("segments") or [[0, saved_rows]]
+        self.resume_note = None
+        if k == 0 and segments == [[0, saved_rows]]:
+            self.set_epoch(epoch)
+            return
+        mine = self.state_dict(epoch, 0)
+        keys = ("seed", "shuffle", "shuffle_buffer_rows", "total_rows", "files", "fingerprint")
+        diff = [f"{key}: saved {state.get(key)!r}, now {mine[key]!r}" for key in keys if state.get(key) != mine[key]]
+        if diff:
+            raise DataError(
+                f"cannot resume the reader inside epoch {epoch} (batch {k}): the data or its order changed since "
+                f"the checkpoint ({'; '.join(diff)})"
+            )
+        if version == 1 and self.shuffle_buffer_rows:
+            raise DataError(
+                f"cannot resume the reader inside epoch {epoch} (batch {k}): the position was saved by reader "
+                "state version 1, whose shuffle-buffer order this reader does not rebuild; resume from a "
+                "checkpoint at an epoch boundary"
+            )
+        layout = {
+            "batch_size": int(state["batch_size"]),
+            "world_size": int(state["world_size"]),
+            "num_workers": max(1, int(state.get("num_workers") or 0)),  # 0 and 1: one share
+            "drop_last": bool(state["drop_last"]),
+        }
+        here = {"batch_size": self.batch_size, "world_size": self.world_size,
+                "num_workers": max(1, self.num_workers), "drop_last": self.drop_last}  # fmt: skip
+        if layout == here:
+            self._begin(epoch, segments, k)
+            return
+        saved = _Pass(segments, layout["batch_size"], 0, layout["world_size"], layout["drop_last"])
+        if k > saved.num_batches:
+            raise DataError(f"reader state: batches_consumed {k} exceeds the {saved.num_batches} batches of its pass")
+        done = consumed_intervals(saved.rows, layout["world_size"], layout["num_workers"], layout["batch_size"],
+                                  layout["drop_last"], k)  # fmt: skip
+        left = saved.without(done)
+        self._begin(epoch, left or [[0, 0]], 0)
+        changed = ", ".join(f"{key} {layout[key]} -> {here[key]}" for key in layout if layout[key] != here[key])
+        self.resume_note = (
+            f"epoch {epoch} resumed on another reader layout ({changed}): {self._pass.rows:,} of its "
+            f"{self.total_rows:,} rows remain, re-split into {self._pass.num_batches} batches per rank"
+        )
 
     def worker_positions(self, epoch: Optional[int] = None, batches_consumed: Optional[int] = None) -> list[dict]:
         """Per worker of this rank: how many of its batches the position covers and the file
         and row (inside that file) where it reads next (None when it is done)."""
         epoch = self.epoch if epoch is None else epoch
+        part = self._pass_of(epoch)
         k = self._position if batches_consumed is None else batches_consumed
         nw = max(1, self.num_workers)
-        ranges = [_split(self._num_batches, nw, w) for w in range(nw)]
+        ranges = [_split(part.num_batches, nw, w) for w in range(nw)]
         taken = interleaved_counts([hi - lo for lo, hi in ranges], k)
-        order, starts = self._layout(epoch)
+        layout = self._layout(epoch)
         out = []
         for w, ((lo, hi), m) in enumerate(zip(ranges, taken)):
             entry = {"worker": w, "batches_consumed": m, "file": None, "row": None}
             if lo + m < hi:
-                first = self._window_batches(lo, lo + m)[0]
-                row = self._slice_start + first * self.batch_size
-                i = int(np.searchsorted(starts, row, side="right")) - 1
-                g = int(order[i])
-                within = (
-                    row - int(starts[i]) + int(self._group_rows[:g][self._group_file[:g] == self._group_file[g]].sum())
-                )
-                entry.update(file=self.paths[int(self._group_file[g])], row=within)
+                row = self._base_row(layout, part.locate(part.slice_start + (lo + m) * self.batch_size)[0])
+                i = int(np.searchsorted(layout.starts, row, side="right")) - 1
+                g = int(layout.order[i])
+                earlier = self._group_rows[:g][self._group_file[:g] == self._group_file[g]].sum()
+                entry.update(file=self.paths[int(self._group_file[g])], row=row - int(layout.starts[i]) + int(earlier))
             out.append(entry)
         return out
 
@@ -569,13 +730,13 @@ class ParquetReader(IterableDataset):
                     self._first_files.setdefault(key.split("/", 1)[0], batch.source or "?")
 
     def _pass_started(self) -> None:
-        if self._rows_dropped:
-            self._add_stats({"rows_dropped_partial_batch": self._rows_dropped})
+        if self._pass.rows_dropped:
+            self._add_stats({"rows_dropped_partial_batch": self._pass.rows_dropped})
 
-    # -- reading ----------------------------------------------------------------------
+    # -- the epoch order ----------------------------------------------------------------
 
-    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row groups in epoch order, their first rows: int64 [G+1] cumulative)."""
+    def _layout(self, epoch: int) -> _Layout:
+        """The row groups of ``epoch`` in order, and their first rows."""
         g = len(self._group_rows)
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, 0x0F11E5]).permutation(g)
@@ -583,81 +744,124 @@ class ParquetReader(IterableDataset):
             order = np.arange(g)
         starts = np.zeros(g + 1, dtype=np.int64)
         np.cumsum(self._group_rows[order], out=starts[1:])
-        return order, starts
+        return _Layout(epoch, order, starts)
 
-    def _window_batches(self, first: int, start: int, starts: Optional[np.ndarray] = None) -> tuple[int, int]:
-        """The window (rank batch indices [a, b)) holding batch ``start`` of a worker whose
-        batches begin at ``first``.
+    def _window_permutation(self, epoch: int, window: int) -> np.ndarray:
+        """The order of the rows of shuffle window ``window`` of ``epoch`` (int64 [rows in it])."""
+        s = self.shuffle_buffer_rows
+        rows = min(s, self.total_rows - window * s)
+        return np.random.default_rng([self.seed, epoch, 0xB0FFE2, window]).permutation(rows)
 
-        With a shuffle buffer, windows of K batches lie on a grid from ``first`` (so a resumed
-        reader rebuilds the same permutations). Without one a window starts at ``start`` and
-        holds up to ``CHUNK_ROWS`` rows; given the epoch's row-group ``starts`` it also ends
-        at the last batch boundary inside the row group it starts in (when a whole batch fits
-        there), so that most windows are slices of a single row group and convert without
+    def _base_row(self, layout: _Layout, row: int) -> int:
+        """Where row ``row`` of the epoch order lies in the order of its row groups."""
+        s = self.shuffle_buffer_rows
+        if not s:
+            return row
+        return row // s * s + int(self._window_permutation(layout.epoch, row // s)[row % s])
+
+    def _unit_end(self, layout: _Layout, row: int) -> int:
+        """The first epoch row after ``row`` that lies in another row group (no shuffle buffer)
+        or shuffle window."""
+        s = self.shuffle_buffer_rows
+        if s:
+            return min((row // s + 1) * s, self.total_rows)
+        return int(layout.starts[int(np.searchsorted(layout.starts, row, side="right"))])
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _window_batches(self, start: int, part: _Pass, layout: _Layout) -> tuple[int, int]:
+        """The reading window (rank batch indices [start, b)) that starts at batch ``start``:
+        up to ``CHUNK_ROWS`` rows, and ending at the last batch boundary inside the row group
+        (or shuffle window) and pass segment it starts in, when a whole batch fits there, so
+        that most windows come from a single row group or window and convert without
         copies."""
-        if self.shuffle_buffer_rows:
-            k = max(1, self.shuffle_buffer_rows // self.batch_size)
-            a = first + (start - first) // k * k
-            return a, a + k
         size = self.batch_size
         b = start + max(1, CHUNK_ROWS // size)
-        if starts is not None:
-            row = self._slice_start + start * size
-            group_end = int(starts[int(np.searchsorted(starts, row, side="right"))])
-            inside = start + (group_end - row) // size  # batches that fit before the group ends
-            if inside > start:
-                b = min(b, inside)
+        row = part.slice_start + start * size
+        epoch_row, segment_end = part.locate(row)
+        fits = min(self._unit_end(layout, epoch_row) - epoch_row, segment_end - row)
+        inside = start + fits // size
+        if inside > start:
+            b = min(b, inside)
         return start, b
 
-    def _read_rows(self, source: _Source, order: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> pa.Table:
-        """Rows [lo, hi) of the epoch order, only the schema's columns."""
+    def _read_base(self, source: _Source, layout: _Layout, lo: int, hi: int) -> pa.Table:
+        """Rows [lo, hi) of the epoch's row groups in order, only the schema's columns."""
         pieces = []
+        starts = layout.starts
         i = int(np.searchsorted(starts, lo, side="right")) - 1
         while lo < hi:
-            g, g_start, g_stop = int(order[i]), int(starts[i]), int(starts[i + 1])
+            g, g_start, g_stop = int(layout.order[i]), int(starts[i]), int(starts[i + 1])
             table = source.group(g)
             b = min(hi, g_stop)
             pieces.append(table if (lo == g_start and b == g_stop) else table.slice(lo - g_start, b - lo))
             lo, i = b, i + 1
         return concat_tables(pieces)
 
-    def _convert(self, table: pa.Table, order: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> Block:
+    def _read_epoch(self, source: _Source, layout: _Layout, lo: int, hi: int) -> pa.Table:
+        """Rows [lo, hi) of the epoch order. With a shuffle buffer, each shuffle window it
+        touches is read whole (kept for the next call) and its permuted rows taken."""
+        s = self.shuffle_buffer_rows
+        if not s:
+            return self._read_base(source, layout, lo, hi)
+        pieces = []
+        while lo < hi:
+            w = lo // s
+            if source.window is None or source.window[0] != w:
+                table = self._read_base(source, layout, w * s, min((w + 1) * s, self.total_rows))
+                source.window = (w, table, self._window_permutation(layout.epoch, w))
+            _, table, permutation = source.window
+            b = min(hi, (w + 1) * s)
+            pieces.append(table.take(pa.array(permutation[lo - w * s : b - w * s])))
+            lo = b
+        return concat_tables(pieces)
+
+    def _read_rows(self, source: _Source, layout: _Layout, part: _Pass, lo: int, hi: int) -> pa.Table:
+        """Rows [lo, hi) of the pass order."""
+        return concat_tables([self._read_epoch(source, layout, a, b) for a, b in part.pieces(lo, hi)])
+
+    def _convert(self, table: pa.Table, layout: _Layout, part: _Pass, lo: int, hi: int) -> Block:
         try:
             return self._converter.convert(table)
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
-            raise DataError(f"{self._files_of(order, starts, lo, hi)}: cannot convert rows to tensors ({err})") from None
+            raise DataError(f"{self._files_of(layout, part, lo, hi)}: cannot convert rows to tensors ({err})") from None
 
-    def _files_of(self, order: np.ndarray, starts: np.ndarray, lo: int, hi: int) -> str:
-        """The file(s) holding rows [lo, hi) of the epoch order, comma-separated."""
-        a = int(np.searchsorted(starts, lo, side="right")) - 1
-        b = int(np.searchsorted(starts, hi - 1, side="right")) - 1
-        return ", ".join(sorted({self.paths[int(self._group_file[int(g)])] for g in order[a : b + 1]}))
+    def _files_of(self, layout: _Layout, part: _Pass, lo: int, hi: int) -> str:
+        """The file(s) holding rows [lo, hi) of the pass order (with a shuffle buffer, of the
+        shuffle windows holding them), comma-separated."""
+        s, files = self.shuffle_buffer_rows, set()
+        for a, b in part.pieces(lo, hi):
+            if s:
+                a, b = a // s * s, min((b - 1) // s * s + s, self.total_rows)
+            first = int(np.searchsorted(layout.starts, a, side="right")) - 1
+            last = int(np.searchsorted(layout.starts, b - 1, side="right")) - 1
+            files.update(self.paths[int(self._group_file[int(g)])] for g in layout.order[first : last + 1])
+        return ", ".join(sorted(files))
 
-    def _windows(self, first: int, start: int, stop: int, starts: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
-        """(first batch, end batch, first row, end row) of each window from batch ``start``
-        to ``stop`` of a worker whose share begins at batch ``first``."""
+    def _windows(self, part: _Pass, layout: _Layout, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """(first batch, first row, end row) of each reading window from batch ``start`` to ``stop``."""
         size, j = self.batch_size, start
         while j < stop:
-            a, b = self._window_batches(first, j, starts)
+            _, b = self._window_batches(j, part, layout)
             b = min(b, stop)
-            yield a, b, self._slice_start + a * size, min(self._slice_start + b * size, self._slice_stop)
+            yield j, part.slice_start + j * size, min(part.slice_start + b * size, part.slice_stop)
             j = b
 
-    def _worker_batches(self, epoch: int, first: int, start: int, stop: int) -> Iterator[Batch]:
-        """A worker's batches ``start .. stop-1`` (rank batch indices; its share begins at ``first``).
+    def _worker_batches(self, epoch: int, part: _Pass, start: int, stop: int) -> Iterator[Batch]:
+        """Batches ``start .. stop-1`` (rank batch indices) of ``part``, the pass over ``epoch``.
 
         One background thread reads (decodes) the next window while this one converts the
         current one, so I/O and decoding overlap with the numpy work."""
-        order, starts = self._layout(epoch)
+        layout = self._layout(epoch)
         size = self.batch_size
         source = _Source(self)
-        windows = self._windows(first, start, stop, starts)
+        windows = self._windows(part, layout, start, stop)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read")
 
-        def read(window: Optional[tuple[int, int, int, int]]):
+        def read(window: Optional[tuple[int, int, int]]):
             if window is None:
                 return None
-            return window, self._read_rows(source, order, starts, window[2], window[3])
+            return window, self._read_rows(source, layout, part, window[1], window[2])
 
         try:
             pending = pool.submit(read, next(windows, None))
@@ -665,18 +869,14 @@ class ParquetReader(IterableDataset):
                 done = pending.result()
                 if done is None:
                     break
-                (a, _, lo, hi), table = done
+                (_, lo, hi), table = done
                 pending = pool.submit(read, next(windows, None))
-                block = self._convert(table, order, starts, lo, hi)
+                block = self._convert(table, layout, part, lo, hi)
                 del table, done
-                if self.shuffle_buffer_rows:
-                    rng = np.random.default_rng([self.seed, epoch, 0xB0FFE2, lo])
-                    block = block.take(rng.permutation(block.n))
-                first_row = (max(start, a) - a) * size
-                for row in range(first_row, block.n, size):
+                for row in range(0, block.n, size):
                     batch = self._converter.batch(block, row, min(row + size, block.n))
                     if batch.stats:
-                        batch.source = self._files_of(order, starts, lo, hi)
+                        batch.source = self._files_of(layout, part, lo, hi)
                     yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -685,13 +885,14 @@ class ParquetReader(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
         nw, w = (1, 0) if info is None else (info.num_workers, info.id)
-        counts = [b - a for a, b in (_split(self._num_batches, nw, i) for i in range(nw))]
+        part = self._pass
+        counts = [b - a for a, b in (_split(part.num_batches, nw, i) for i in range(nw))]
         taken = interleaved_counts(counts, self._start_batch)
         # A resumed pass starts its round-robin at the worker whose batch comes next: the
         # DataLoader's worker i plays share (i + that worker) mod n.
         share = (w + next_worker(counts, taken)) % nw
-        lo, hi = _split(self._num_batches, nw, share)
-        batches = self._worker_batches(self.epoch, lo, lo + taken[share], hi)
+        lo, hi = _split(part.num_batches, nw, share)
+        batches = self._worker_batches(self.epoch, part, lo + taken[share], hi)
         if info is not None:  # a DataLoader worker: the parent counts (make_loader)
             yield from batches
             return

@@ -85,3 +85,10 @@ def build_optimizer(
     combined = CombinedOptimizer([("sparse", fused_optimizer), ("dense", dense)])
     scheduler = LambdaLR(dense, lambda step: lr_factor(step, cfg.lr_schedule, total_steps))
     return combined, dense, scheduler
+
+
+def set_schedule_length(scheduler: LambdaLR, schedule: ScheduleConfig, total_steps: int) -> None:
+    """Make ``scheduler`` follow ``schedule`` over ``total_steps`` from its next step on (a run
+    resumed on another world size has another number of steps left). Call it after
+    ``scheduler.load_state_dict``, which keeps the step count but not the lambdas."""
+    scheduler.lr_lambdas = [lambda step: lr_factor(step, schedule, total_steps)] * len(scheduler.lr_lambdas)

@@ -39,7 +39,7 @@ from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
 from fusionrec.pipeline.distributed import DistInfo, all_reduce, shutdown
 from fusionrec.pipeline.lifecycle import StopRequest, signal_name
 from fusionrec.pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
-from fusionrec.pipeline.optimizers import build_optimizer
+from fusionrec.pipeline.optimizers import build_optimizer, set_schedule_length
 from fusionrec.pipeline.scoring import score
 from fusionrec.pipeline.train_metrics import TrainMetrics
 from fusionrec.sharding.planner import format_plan
@@ -53,7 +53,7 @@ class TrainerState:
     step: int = 0
     samples_seen: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0
+    batch_in_epoch: int = 0  # batches of the epoch's pass trained (a pass re-split on resume counts from 0)
     best_eval: Optional[float] = None
     evals_without_improvement: int = 0
 
@@ -140,7 +140,8 @@ class Trainer:
         if cfg.data.train is None:
             raise UserError("no train data: set data.train in the config or pass --train-data")
         self.reader = job.make_reader(cfg, cfg.data.train, info, cfg.data.batch_size, train=True)
-        self.steps_per_epoch = self.reader.num_batches
+        self.steps_per_epoch = self.reader.batches_per_epoch
+        self.pass_batches = self.steps_per_epoch  # batches of the epoch pass the state is in
         if self.steps_per_epoch == 0:
             raise UserError(
                 f"data.train {cfg.data.train!r} has too few rows for one batch of {cfg.data.batch_size} per rank "
@@ -173,11 +174,6 @@ class Trainer:
     def restore(self, path: Path) -> None:
         meta = ckpt.read_meta(path)
         job.check_checkpoint_binding(self.cfg, path, self.reader, "resume")
-        if meta["world_size"] != self.info.world_size:
-            raise UserError(
-                f"{path} was saved by {meta['world_size']} ranks; resuming the reader position needs the same "
-                f"world size (got {self.info.world_size})"
-            )
         # Dense optimizer state is created lazily at the first step; DCP loads in place, so the
         # state must exist first (a zero-gradient step; the weights are then overwritten by the load).
         self.dense_optimizer.init_state()
@@ -201,6 +197,29 @@ class Trainer:
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.jsonl.write({"event": "resumed", "step": self.state.step, "checkpoint": str(path), "attempt": attempt})
         say(f"resumed from {path} at step {self.state.step}", enabled=self.main)
+        self.continue_epoch(meta["world_size"])
+
+    def continue_epoch(self, saved_world_size: int) -> None:
+        """Take over the reader's pass after a resume: when the reader re-split the rest of the
+        epoch for another layout (world size, workers, batch size), the state's position is
+        the start of that shorter pass, and the steps left (and so the lr schedule's length)
+        follow from it."""
+        s, reader = self.state, self.reader
+        if reader.resume_note is not None:
+            s.batch_in_epoch = 0
+            note = f"{reader.resume_note} (saved by {saved_world_size} rank(s), now {self.info.world_size})"
+            say(note, enabled=self.main)
+            self.jsonl.write({"event": "epoch_resplit", "step": s.step, "note": note})
+        self.pass_batches = reader.num_batches
+        if self.pass_batches == 0:  # fewer rows left than one batch per rank: on to the next epoch
+            s.epoch, s.batch_in_epoch, self.pass_batches = s.epoch + 1, 0, self.steps_per_epoch
+            reader.set_epoch(s.epoch)
+        left = self.pass_batches - s.batch_in_epoch + (self.cfg.train.epochs - s.epoch - 1) * self.steps_per_epoch
+        total = s.step + max(left, 0)
+        max_steps = min(self.cfg.train.max_steps or total, total)
+        if max_steps != self.max_steps:
+            self.max_steps = max_steps
+            set_schedule_length(self.scheduler, self.cfg.train.lr_schedule, max_steps)
 
     def save(self) -> None:
         s = self.state
@@ -320,8 +339,8 @@ class Trainer:
         s.step += 1
         s.samples_seen += self.global_batch
         s.batch_in_epoch += 1
-        if s.batch_in_epoch == self.steps_per_epoch:
-            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        if s.batch_in_epoch == self.pass_batches:
+            s.epoch, s.batch_in_epoch, self.pass_batches = s.epoch + 1, 0, self.steps_per_epoch
         self.window.add(out)
         self.metrics.update(out.predictions, out.labels, out.weights)
         self.bar.advance()

@@ -4,6 +4,7 @@ consumed batch."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import numpy as np
 import pyarrow as pa
@@ -86,14 +87,14 @@ def test_dataloader_order_is_round_robin_over_worker_shares(files):
     shares = []
     for w in range(3):
         lo, hi = w * r.num_batches // 3, (w + 1) * r.num_batches // 3
-        shares.append(list(r._worker_batches(2, lo, lo, hi)))
+        shares.append(list(r._worker_batches(2, r._pass, lo, hi)))
     expected = [shares[w][t] for t in range(max(map(len, shares))) for w in range(3) if t < len(shares[w])]
     assert same_batches(got, expected)
 
 
 def test_shuffle_is_deterministic_per_seed_and_epoch(files):
     def order(seed, epoch, buffer=0, shuffle=True):
-        r = reader(files, 10, seed=seed, shuffle=shuffle, shuffle_buffer_rows=buffer)
+        r = reader(files, 10, seed=seed, shuffle=shuffle, shuffle_buffer_rows=buffer, drop_last=False)
         r.set_epoch(epoch)
         return ids_of(r)
 
@@ -108,7 +109,7 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(files):
     assert all(len(run) >= 1 for run in runs) and len(runs) < len(a) / 3
     # with a buffer, rows are permuted inside windows too
     b = order(5, 0, buffer=30)
-    assert b == order(5, 0, buffer=30) and b != a and sorted(b) == sorted(a)
+    assert b == order(5, 0, buffer=30) and b != a and sorted(b) == sorted(a) == list(range(sum(SIZES)))
     assert np.mean(np.abs(np.diff(b)) == 1) < 0.2
 
 
@@ -194,13 +195,12 @@ def test_state_dict_defaults_to_batches_handed_out(files):
     assert workers[0]["row"] == 32
 
 
-def test_resume_inside_an_epoch_refuses_other_settings(files):
+def test_resume_inside_an_epoch_refuses_another_epoch_order(files):
     state = reader(files, 8, 0, 2, seed=1, shuffle=True, num_workers=2).state_dict(epoch=0, batches_consumed=3)
     for other, what in [
-        (reader(files, 16, 0, 2, seed=1, shuffle=True, num_workers=2), "batch_size"),
-        (reader(files, 8, 0, 4, seed=1, shuffle=True, num_workers=2), "world_size"),
         (reader(files, 8, 0, 2, seed=2, shuffle=True, num_workers=2), "seed"),
-        (reader(files, 8, 0, 2, seed=1, shuffle=True, num_workers=1), "num_workers"),
+        (reader(files, 8, 0, 2, seed=1, shuffle=False, num_workers=2), "shuffle"),
+        (reader(files, 8, 0, 2, seed=1, shuffle=True, shuffle_buffer_rows=16, num_workers=2), "shuffle_buffer_rows"),
         (reader(files[:-1], 8, 0, 2, seed=1, shuffle=True, num_workers=2), "total_rows"),
     ]:
         with pytest.raises(DataError, match=what):
@@ -209,7 +209,8 @@ def test_resume_inside_an_epoch_refuses_other_settings(files):
     boundary = dict(state, batches_consumed=0)
     other = reader(files, 16, 0, 4)
     other.load_state_dict(boundary)
-    assert other.epoch == 0 and len(other) == other.num_batches
+    assert other.epoch == 0 and len(other) == other.num_batches == other.batches_per_epoch
+    assert other.resume_note is None
 
 
 def test_worker_errors_name_the_file(tmp_path):
@@ -269,3 +270,81 @@ def test_next_worker_continues_the_round_robin():
     order = [w for t in range(max(counts)) for w in range(len(counts)) if counts[w] > t]
     for k in range(sum(counts)):
         assert next_worker(counts, interleaved_counts(counts, k)) == order[k]
+
+
+def run_layout(files, layout, kw, start, k=None):
+    """Read a pass on every rank of ``layout`` = (world size, workers, batch size), from
+    ``start`` (a saved state, or an epoch number for its beginning), ``k`` batches per rank
+    (None: all of them). Returns (the rows read, rank 0's state after them, rows the pass drops)."""
+    world, workers, batch = layout
+    rows, state, dropped = [], None, 0
+    for rank in range(world):
+        r = reader(files, batch, rank, world, num_workers=workers, **kw)
+        if isinstance(start, int):
+            r.set_epoch(start)
+        else:
+            r.load_state_dict(start)
+        got = list(itertools.islice(make_loader(r), k))
+        assert k is None or len(got) == k
+        rows += ids_of(got)
+        if rank == 0:
+            state = json.loads(json.dumps(r.state_dict(batches_consumed=len(got))))
+            dropped = r.total_rows_dropped
+    return rows, state, dropped
+
+
+@pytest.mark.parametrize(
+    "before, after, kw",
+    [
+        ((2, 0, 12), (1, 0, 12), {}),
+        ((1, 0, 12), (2, 2, 12), {"seed": 3, "shuffle": True, "shuffle_buffer_rows": 40}),
+        ((2, 2, 16), (3, 0, 8), {"seed": 5, "shuffle": True}),
+    ],
+)
+def test_resume_on_another_layout_reads_every_row_once(files, before, after, kw):
+    """Stopped mid-epoch on one (world size, workers, batch size) and resumed on another, the
+    epoch's rows are each trained once: the resumed pass reads exactly the rows the first did
+    not, except the fewer than ``batch + 1`` per rank its own drop_last leaves out."""
+    total = sum(SIZES)
+    first, state, _ = run_layout(files, before, kw, 2, k=5)
+    assert state["rows_remaining"] == total - len(first) and state["epoch"] == 2
+    rest, _, dropped = run_layout(files, after, kw, state)
+    assert len(set(first)) == len(first) and len(set(rest)) == len(rest)
+    assert not set(first) & set(rest)
+    assert len(first) + len(rest) + dropped == total and dropped < after[0] * (after[2] + 1)
+    assert set(first) | set(rest) <= set(range(total))
+
+
+def test_resume_chain_over_three_layouts_and_exactly_within_one(files):
+    kw = {"seed": 9, "shuffle": True, "shuffle_buffer_rows": 24}
+    total = sum(SIZES)
+    a, state, _ = run_layout(files, (2, 0, 12), kw, 1, k=5)
+    b, state, _ = run_layout(files, (1, 0, 12), kw, state, k=7)
+    assert len(state["segments"]) > 1 and state["rows_remaining"] == total - len(a) - len(b)
+    # within one layout, a re-split pass resumes exactly where it stopped
+    whole = reader(files, 12, **kw)
+    whole.load_state_dict(run_layout(files, (2, 0, 12), kw, 1, k=5)[1])
+    assert "world_size 2 -> 1" in whole.resume_note
+    uninterrupted = list(whole)
+    again = reader(files, 12, **kw)
+    again.load_state_dict(state)
+    assert again.resume_note is None and same_batches(list(again), uninterrupted[7:])
+    c, end, dropped = run_layout(files, (2, 2, 10), kw, state)
+    every = a + b + c
+    assert len(every) == len(set(every)) and len(every) + dropped == total
+    assert (end["epoch"], end["batches_consumed"], end["segments"]) == (2, 0, [[0, total]])
+
+
+def test_state_of_a_version_1_reader_still_resumes(files):
+    """Without a shuffle buffer, a version-1 position (no segments) means the same rows."""
+    full = reader(files, 12, 1, 2, seed=2, shuffle=True)
+    full.set_epoch(1)
+    expected = list(full)[4:]
+    old = {k: v for k, v in full.state_dict(1, 4).items() if k not in ("segments", "rows_remaining")}
+    old["version"] = 1
+    resumed = reader(files, 12, 1, 2, seed=2, shuffle=True)
+    resumed.load_state_dict(old)
+    assert same_batches(list(resumed), expected)
+    buffered = reader(files, 12, 1, 2, seed=2, shuffle=True, shuffle_buffer_rows=24)
+    with pytest.raises(DataError, match="version 1"):
+        buffered.load_state_dict(dict(old, shuffle_buffer_rows=24, fingerprint=buffered.state_dict()["fingerprint"]))

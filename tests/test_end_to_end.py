@@ -112,6 +112,38 @@ def test_resume_shuffled_continues_exactly(demo_logs, tmp_path):
     assert_same_training(straight / "checkpoints" / "step_00000060", resumed / "checkpoints" / "step_00000060", tmp_path)
 
 
+def test_resume_mid_epoch_on_one_rank_trains_the_rest_of_the_epoch(demo_logs, trained, tmp_path):
+    """The 2-rank run's step-80 checkpoint (80 of 125 steps of the epoch) resumed on 1 rank:
+    the reader re-splits the 32,000 - 80 x 2 x 128 = 11,520 rows no rank had consumed into
+    90 batches, so the epoch ends at step 170 having trained each of its 32,000 rows once
+    (the row-level check is tests/test_datasets_epochs.py), and the lr schedule decays over
+    those 170 steps instead of the 250 a 1-rank run would take."""
+    run_dir, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir / "checkpoints" / "step_00000080", resumed / "checkpoints" / "step_00000080")
+    schedule = "train.lr_schedule={warmup_steps: 0, decay: linear, min_lr_ratio: 0.5}"
+    proc = train(demo_logs, resumed, 1000, "--resume", "--set", schedule, nproc=1)
+    assert "world_size 2 -> 1" in proc.stdout and "11,520 of its 32,000 rows remain" in proc.stdout
+    m = meta(resumed / "checkpoints" / "step_00000170")
+    assert m["world_size"] == 1 and m["samples_seen"] == 32000
+    assert (m["reader"]["epoch"], m["reader"]["batches_consumed"]) == (1, 0)
+    log = read_log(resumed)
+    assert [r["event"] for r in log if "event" in r] == ["resumed", "epoch_resplit"]
+    assert [r["lr"] for r in log if "lr" in r][-1] == pytest.approx(0.002 * 0.5)
+
+
+def test_resume_mid_epoch_on_two_ranks_from_one(small_logs, tmp_path):
+    """1 rank, 10 of 25 steps; then 2 ranks take the 1,920 rows left: 7 batches of 128 each,
+    64 rows per rank dropped to keep the ranks in step."""
+    one = ["--set", "checkpoint.every_n_steps=10", "--set", "train.epochs=1"]
+    train(small_logs, tmp_path, 10, *one, nproc=1)
+    proc = train(small_logs, tmp_path, 1000, "--resume", *one)
+    assert "world_size 1 -> 2" in proc.stdout and "1,920 of its 3,200 rows remain" in proc.stdout
+    m = meta(tmp_path / "checkpoints" / "step_00000017")
+    assert m["world_size"] == 2 and m["samples_seen"] == 10 * BATCH + 7 * 2 * BATCH
+    assert read_log(tmp_path)[-1]["data"]["rows_dropped_partial_batch"] == 2 * 64
+
+
 def test_single_process_training_without_torchrun(demo_logs, tmp_path):
     proc = run([sys.executable, *TRAIN, "--train-data", str(demo_logs / "train"), "--run-dir", str(tmp_path),
                 "--max-steps", "3"])
