@@ -324,10 +324,11 @@ class _KJTSource:
 
 class BlockConverter:
     """Turns an Arrow table of the schema's columns into a :class:`Block`, and slices of a
-    block into :class:`Batch` es."""
+    block into :class:`Batch` es. With ``labels=False`` the table holds no label columns and
+    the block's labels are NaN."""
 
-    def __init__(self, schema: Schema) -> None:
-        self.schema = schema
+    def __init__(self, schema: Schema, labels: bool = True) -> None:
+        self.schema, self.labels = schema, labels
         f = schema.features
         groups = f.batch_features()
         self.sparse_features, self.sequence_features = groups["sparse"], groups["sequence"]
@@ -361,8 +362,10 @@ class BlockConverter:
         for d, name in enumerate(f.dense):
             dense[:, d] = self._dense(table.column(name), f.normalization.get(name), name, count)
         labels = np.empty((n, len(self.schema.tasks)), dtype=np.float32)
+        if not self.labels:
+            labels.fill(np.nan)
         nulls = []
-        for t, task in enumerate(self.schema.tasks):
+        for t, task in enumerate(self.schema.tasks if self.labels else []):
             labels[:, t], bad = self._floats(table.column(task.name), 0.0)
             nulls.append(bad)
             if self.binary[t]:
@@ -371,7 +374,7 @@ class BlockConverter:
                     np.clip(labels[:, t], 0.0, 1.0, out=labels[:, t])
                     count(f"label_out_of_range_clipped/{task.name}", out)
         in_space = task_space_mask(labels, self.space_gate, self.space_gated)  # a null outside its space is no loss
-        for t, task in enumerate(self.schema.tasks):
+        for t, task in enumerate(self.schema.tasks if self.labels else []):
             if nulls[t] is not None:
                 bad = nulls[t] & in_space[:, t]
                 if bad.any():

@@ -109,8 +109,9 @@ _LIST = "a list<integer> or list<string>"
 _FLOAT_LIST = "a list<float>"
 
 
-def _column_kinds(schema: Schema) -> dict[str, tuple[str, str]]:
-    """Needed column → (expected kind, what the schema uses it for)."""
+def _column_kinds(schema: Schema, labels: bool = True) -> dict[str, tuple[str, str]]:
+    """Needed column → (expected kind, what the schema uses it for); without the task labels
+    when ``labels`` is False."""
     f = schema.features
     kinds = {name: (_FLOAT, "dense feature") for name in f.dense}
     for s in f.sparse:
@@ -126,7 +127,7 @@ def _column_kinds(schema: Schema) -> dict[str, tuple[str, str]]:
             )
     for s in f.sequences:
         kinds[s.name] = (_LIST, "sequence feature")
-    for t in schema.tasks:
+    for t in schema.tasks if labels else []:
         kinds[t.name] = (_FLOAT, f"label of task {t.name!r}")
     if f.weight_column:
         kinds[f.weight_column] = (_FLOAT, "weight column")
@@ -154,10 +155,10 @@ def _type_key(t: pa.DataType) -> str:
     return str(t)
 
 
-def check_file_schema(path: str, arrow_schema: pa.Schema, schema: Schema) -> None:
-    """Raise DataError naming ``path`` and the column when a needed column is missing or of an
-    incompatible type."""
-    for name, (kind, role) in _column_kinds(schema).items():
+def check_file_schema(path: str, arrow_schema: pa.Schema, schema: Schema, labels: bool = True) -> None:
+    """Raise DataError naming ``path`` and the column when a needed column (the task labels
+    only with ``labels``) is missing or of an incompatible type."""
+    for name, (kind, role) in _column_kinds(schema, labels).items():
         index = arrow_schema.get_field_index(name)
         if index < 0:
             have = arrow_schema.names
@@ -373,6 +374,8 @@ class ParquetReader(IterableDataset):
         shuffle_buffer_rows: when > 0 (and ``shuffle``), also permute the rows inside each
             window of that many rows of the epoch order; memory grows with it.
         num_workers: DataLoader workers :func:`make_loader` starts (0: read in this process).
+        labels: False: the files need no task label columns (logs to score, not to train
+            on); every batch's labels are then NaN.
 
     Attributes:
         paths: the files, sorted. total_rows: rows in all files (from the footers).
@@ -399,6 +402,7 @@ class ParquetReader(IterableDataset):
         shuffle: bool = False,
         shuffle_buffer_rows: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(paths, (str, os.PathLike)):
@@ -416,8 +420,9 @@ class ParquetReader(IterableDataset):
         self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
         self.seed, self.shuffle, self.num_workers = seed, shuffle, num_workers
         self.shuffle_buffer_rows = shuffle_buffer_rows if shuffle else 0
-        self.columns = schema.columns
-        self._converter = BlockConverter(schema)
+        self.labels = labels
+        self.columns = [c for c in schema.columns if labels or c not in schema.task_names]
+        self._converter = BlockConverter(schema, labels)
         self._stats: dict[str, int] = {}
         self._first_files: dict[str, str] = {}  # counter -> the file of the first batch it fired in
         self._rows_read = 0
@@ -451,7 +456,7 @@ class ParquetReader(IterableDataset):
         first: Optional[tuple[str, dict[str, pa.DataType]]] = None
         empty = 0
         for i, (path, (arrow_schema, group_rows)) in enumerate(zip(self.paths, footers)):
-            check_file_schema(path, arrow_schema, self.schema)
+            check_file_schema(path, arrow_schema, self.schema, self.labels)
             types = {c: arrow_schema.field(c).type for c in self.columns}
             if first is None:
                 first = (path, types)

@@ -6,7 +6,9 @@
 Reads only the columns the model's manifest names, through the same reader and bad-value
 policies as training, and writes the columns ``evaluate --predictions`` writes (``row_id``,
 ``group_id``, ``label_<task>``, ``prediction_<task>``, ``weight``; see
-``pipeline.predictions``) in the files' row order, so the two files compare row by row. With
+``pipeline.predictions``) in the files' row order, so the two files compare row by row. Logs
+without any task label column (traffic to score) are scored too; their output has no
+``label_<task>`` columns. With
 ``--num-workers N`` the reader's N DataLoader workers each take a contiguous share of the
 batches; each share is written to its own part file and the parts are joined in order.
 The output is written aside and renamed into place when complete.
@@ -24,7 +26,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
+from fusionrec.datasets.paths import open_parquet
 from fusionrec.datasets.reader import ParquetReader, _split, make_loader, next_worker, resolve_paths
+from fusionrec.datasets.schema import Schema
 from fusionrec.errors import UserError, exit_on_user_error
 from fusionrec.pipeline import artifact
 from fusionrec.pipeline.logs import ProgressBar, quiet_third_party, say
@@ -61,11 +65,23 @@ def _join_parts(parts: list[Path], out: Path) -> None:
             writer.close()
 
 
+def has_labels(path: str, schema: Schema) -> bool:
+    """Whether the logs (judged by their first file) carry task labels: False when none of
+    the label columns is there; a file with only some of them is read with labels, so the
+    reader names the missing one."""
+    pf = open_parquet(path)
+    try:
+        names = set(pf.schema_arrow.names)
+    finally:
+        pf.close()
+    return any(task in names for task in schema.task_names)
+
+
 @torch.no_grad()
 def predict(model_dir: str, data: str, out: Path, batch_size: int, num_workers: int, progress: bool = True) -> dict:
     """Score every row of ``data`` with the model in ``model_dir`` and write ``out``.
 
-    Returns ``{"rows", "seconds", "rows_per_s", "data_stats"}``."""
+    Returns ``{"rows", "seconds", "rows_per_s", "labels", "data_stats"}``."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     if num_workers < 0:
@@ -74,7 +90,9 @@ def predict(model_dir: str, data: str, out: Path, batch_size: int, num_workers: 
     schema = artifact.manifest_schema(manifest)
     names = [i["name"] for i in manifest["inputs"]]
     model = artifact.load_model(model_dir)
-    reader = ParquetReader(resolve_paths(data), schema, batch_size, drop_last=False, num_workers=num_workers)
+    files = resolve_paths(data)
+    labels = has_labels(files[0], schema)
+    reader = ParquetReader(files, schema, batch_size, drop_last=False, num_workers=num_workers, labels=labels)
     shares = max(1, num_workers)
     counts = [b - a for a, b in (_split(reader.num_batches, shares, i) for i in range(shares))]
     firsts = [reader.first_row + _split(reader.num_batches, shares, i)[0] * batch_size for i in range(shares)]
@@ -85,7 +103,7 @@ def predict(model_dir: str, data: str, out: Path, batch_size: int, num_workers: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     parts = [tmp / f"part-{i:04d}.parquet" for i in range(shares)]
-    writers = [PredictionWriter(p, schema.task_names, first) for p, first in zip(parts, firsts)]
+    writers = [PredictionWriter(p, schema.task_names, first, labels) for p, first in zip(parts, firsts)]
     bar = ProgressBar(reader.num_batches, 0, enabled=progress)
     started, rows = time.perf_counter(), 0
     taken = [0] * shares
@@ -117,7 +135,8 @@ def predict(model_dir: str, data: str, out: Path, batch_size: int, num_workers: 
             os.replace(joined, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "data_stats": reader.data_stats()}
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "labels": labels,
+            "data_stats": reader.data_stats()}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Per-row predictions as Parquet: what ``evaluate --predictions`` writes, one row per scored row.
 
 Columns: ``row_id`` (the row's index in the eval files' order: files as resolved, rows in file
-order), ``group_id`` (with a group column), ``label_<task>``, ``prediction_<task>`` per task in
-config order, and ``weight``. One file per rank under torchrun (``OUT-rank{r}.parquet``).
+order), ``group_id`` (with a group column), ``label_<task>`` (when the logs have labels),
+``prediction_<task>`` per task in config order, and ``weight``. One file per rank under torchrun (``OUT-rank{r}.parquet``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ class PredictionWriter:
     ``prediction_<task>`` and ``weight`` to a Parquet file, one row group per batch.
 
     ``row_id`` is the row's index in the eval files' order (files as resolved, rows in file order).
+    ``labels=False`` leaves out the label columns (logs without labels).
     """
 
-    def __init__(self, path: Path, task_names: list[str], first_row: int) -> None:
-        self.path, self.tasks, self.next_row = path, task_names, first_row
+    def __init__(self, path: Path, task_names: list[str], first_row: int, labels: bool = True) -> None:
+        self.path, self.tasks, self.next_row, self.labels = path, task_names, first_row, labels
         self.writer = None
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -34,7 +35,8 @@ class PredictionWriter:
             columns["group_id"] = pa.array(batch.group_ids.cpu().numpy())
         labels, preds = batch.labels.cpu().numpy(), predictions.float().cpu().numpy()
         for i, task in enumerate(self.tasks):
-            columns[f"label_{task}"] = pa.array(labels[:, i])
+            if self.labels:
+                columns[f"label_{task}"] = pa.array(labels[:, i])
             columns[f"prediction_{task}"] = pa.array(preds[:, i])
         columns["weight"] = pa.array(batch.weights.cpu().numpy())
         table = pa.table(columns)

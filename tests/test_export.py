@@ -101,6 +101,30 @@ def test_fp32_predict_equals_evaluate_row_by_row(served):
             assert diff <= 1e-5, f"{name}: {task} differs by {diff}"
 
 
+def test_predict_scores_logs_without_labels(served, tmp_path):
+    """Traffic to score has no label columns: predict reads it all the same, gives the same
+    predictions as for the labelled logs, and writes no label columns. A file with only some
+    of the labels is refused, naming the missing one."""
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for path in sorted((served["logs"] / "eval").glob("*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(TASKS), unlabelled / path.name, row_group_size=2000)
+    out = tmp_path / "pred.parquet"
+    run([*PREDICT, "--model", str(served["exports"]["none"]), "--data", str(unlabelled), "--out", str(out)])
+    got, reference = pq.read_table(out), served["eval"]
+    assert not [c for c in got.column_names if c.startswith("label_")] and got.num_rows == reference.num_rows
+    for column in ("row_id", "group_id", "weight", *[f"prediction_{t}" for t in TASKS]):
+        np.testing.assert_allclose(_col(got, column), _col(reference, column), rtol=0, atol=1e-5, err_msg=column)
+    first = sorted(unlabelled.glob("*.parquet"))[0]
+    partial = tmp_path / "partial.parquet"
+    pq.write_table(pq.read_table(served["logs"] / "eval" / first.name).drop_columns(["like"]), partial)
+    proc = subprocess.run([*PREDICT, "--model", str(served["exports"]["none"]), "--data", str(partial),
+                           "--out", str(tmp_path / "p.parquet")], cwd=REPO, env=child_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "missing column 'like'" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_int8_predictions_keep_the_auc(served):
     reference = served["eval"]
     got, _ = _predict(served, "int8", "pred-int8")
