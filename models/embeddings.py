@@ -136,8 +136,10 @@ def _mch_module(
 ) -> MCHManagedCollisionModule:
     """TorchRec's MCH module for one table: ``rows`` slots (the last one for ids without a
     row), ids in [0, MC_ID_SPACE), admission and eviction every ``eviction_interval`` steps.
-    ``buckets``: how many row-wise blocks TorchRec splits the id range and the rows into; its
-    planner needs a multiple of the world size, so the job passes its world size."""
+    ``buckets``: TorchRec's planner needs a multiple of the world size, so the job passes its
+    world size. It does not decouple the layout from the world size: the sharded module rebuilds
+    each rank's map with one bucket per shard, and the input dist splits the id range into one
+    block per rank whatever this count (see ``sharding.collisions.maps_reload``)."""
     policy = LFU_EvictionPolicy() if collision.eviction == "lfu" else LRU_EvictionPolicy()
     return MCHManagedCollisionModule(
         zch_size=rows,

@@ -14,6 +14,10 @@ sparse features, sequences; their order too) except ``features.group_column`` an
 ``weight``; and all of ``model``. Free to differ: ``data``, ``train``, ``eval``, ``sharding``
 (DCP reshards), ``checkpoint``, ``synthetic``, task weights, the sample-weight and group
 columns. docs/reliability.md has the same list.
+
+The world size is free too, except for collision-managed tables: their id → row maps load on
+the saved world size or on one whose row-wise blocks are unions of the saved ones (2 ranks → 1,
+4 → 2 or 1), never on more ranks (:func:`check_collision_world_size`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import Any, Optional
 
 import yaml
 
+from fusionrec.datasets.schema import MC_ID_SPACE
 from fusionrec.errors import CheckpointMismatchError, UserError
 from fusionrec.pipeline.config import ExperimentConfig
+from fusionrec.sharding.collisions import maps_reload
 from fusionrec.typedconfig import from_dict
 
 CONFIG_FILE = "config.yaml"
@@ -126,3 +132,29 @@ def check_id_types(trained_by: str, saved: Optional[dict], data_types: dict[str,
             f"{trained_by}: {'; '.join(found)}; the rows looked up would not be the trained ones "
             "(write the column with the type it was trained on)"
         )
+
+
+def _ranks(n: int) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+def check_collision_world_size(checkpoint: str, tables: dict[str, int], saved_world: Optional[int], world: int) -> None:
+    """Stop when the collision-managed tables ``tables`` (name → rows) of a checkpoint saved by
+    ``saved_world`` ranks cannot be loaded right on ``world`` ranks
+    (:func:`fusionrec.sharding.collisions.maps_reload`: their maps merge, never split).
+    ``saved_world`` None (a checkpoint without it) is not checked."""
+    if saved_world is None or saved_world == world or not tables:
+        return
+    bad = [name for name, rows in tables.items() if not maps_reload(rows, MC_ID_SPACE, saved_world, world)]
+    if not bad:
+        return
+    fits = [w for w in range(1, saved_world + 1) if all(maps_reload(r, MC_ID_SPACE, saved_world, w) for r in tables.values())]
+    which, maps = (f"table {bad[0]} was", "its id -> row map")
+    if len(bad) > 1:
+        which, maps = f"tables {', '.join(bad)} were", "their id -> row maps"
+    where = (", ".join(map(str, fits[:-1])) + " or " if len(fits) > 1 else "") + _ranks(fits[-1])
+    raise CheckpointMismatchError(
+        f"{checkpoint}: collision-managed {which} saved by {_ranks(saved_world)} and cannot be loaded on "
+        f"{_ranks(world)}: each rank holds one row-wise block of {maps}, and TorchRec can merge blocks "
+        f"onto fewer ranks but not split them (features.tables.<name>.collision); load it on {where}"
+    )

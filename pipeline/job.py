@@ -7,8 +7,8 @@
     (optimizers: pipeline.optimizers.build_optimizer(built.model, ...), training only)
     reader = make_reader(cfg, spec, info, batch_size, train=...)
     path  = resolve_checkpoint(path)                     # newest undamaged checkpoint of a run dir
-    check_checkpoint_binding(cfg, path, reader, ...)     # the checkpoint's config and id types rule
-    meta  = load_model_weights(built.model, path)        # DCP, any saved world size
+    check_checkpoint_binding(cfg, path, reader, ...)     # the checkpoint's config, id types and MC world size rule
+    meta  = load_model_weights(built.model, path)        # DCP, any saved world size (MC tables: merges only)
 
 ``pipeline.train``, ``pipeline.evaluate``, ``pipeline.plan``, ``pipeline.export``, the
 ``fusionrec train`` launcher and the benchmarks call these steps;
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from fusionrec.datasets.reader import ParquetReader, resolve_paths
 from fusionrec.errors import CheckpointDamagedError, ConfigError, UserError
@@ -128,7 +129,8 @@ def build_meta_model(
     """The model with its embedding tables on the meta device (no table memory allocated) and,
     with ``sparse_opt``, that optimizer fused into the tables' backward, as training runs it.
     ``world_size``: the ranks it will be sharded over (collision-managed tables split their
-    id → row maps into that many row-wise blocks)."""
+    id → row maps into that many row-wise blocks; a checkpoint's blocks merge onto fewer ranks
+    but never split, see :func:`check_checkpoint_binding`)."""
     try:
         model = build_model(cfg.schema, cfg.model, device=torch.device("meta"), mc_buckets=world_size)
     except ValueError as err:  # the model builders raise ValueError for configs they cannot build
@@ -212,11 +214,21 @@ def resolve_checkpoint(path: str | Path, announce: bool = True) -> Path:
 
 
 def check_checkpoint_binding(
-    cfg: ExperimentConfig, checkpoint: Path, reader: Optional[ParquetReader], purpose: str
+    cfg: ExperimentConfig,
+    checkpoint: Path,
+    reader: Optional[ParquetReader],
+    purpose: str,
+    world_size: Optional[int] = None,
 ) -> None:
-    """Stop unless ``cfg`` defines the model ``checkpoint`` was trained as (its ``config.yaml``)
-    and ``reader``'s data has each id feature of the type it was trained on (:mod:`pipeline.binding`)."""
+    """Stop unless ``cfg`` defines the model ``checkpoint`` was trained as (its ``config.yaml``),
+    its collision-managed tables can be loaded on ``world_size`` ranks (default: ``reader``'s, else
+    the process group's) and ``reader``'s data has each id feature of the type it was trained on
+    (:mod:`pipeline.binding`)."""
     binding.check_config(checkpoint, cfg.to_dict(), purpose)
+    if world_size is None:
+        world_size = reader.world_size if reader is not None else dist.get_world_size() if dist.is_initialized() else 1
+    tables = {t: cfg.features.table(t).num_embeddings for t in cfg.features.collision_tables}
+    binding.check_collision_world_size(str(checkpoint), tables, ckpt.read_meta(checkpoint).get("world_size"), world_size)
     if reader is not None:
         saved = ckpt.read_meta(checkpoint).get("id_types")
         binding.check_id_types(str(checkpoint), saved, reader.id_types(), reader.paths[0])

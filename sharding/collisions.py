@@ -5,7 +5,7 @@ TorchRec shards a ``ManagedCollisionEmbeddingBagCollection`` / ``ManagedCollisio
 row_wise only: the id → row map of each table is split into blocks of the id range, each rank
 keeping the map (``_mch_sorted_raw_ids``, ``_mch_remapped_ids_mapping``, the eviction
 counters) of the rows it owns, and the input dist sends every raw id to the rank owning its
-block. Three gaps stop that on CPU ranks with TorchRec 1.8 / fbgemm-gpu-cpu 1.8, filled here:
+block. The gaps of TorchRec 1.8 / fbgemm-gpu-cpu 1.8 filled here:
 
 * the pooled sharder inside it offers row_wise on CUDA only (:class:`PooledTableSharder`
   lifts that, as for plain tables);
@@ -21,6 +21,12 @@ block. Three gaps stop that on CPU ranks with TorchRec 1.8 / fbgemm-gpu-cpu 1.8,
   with ``fbgemm::reset_weight_momentum``, which has no CPU kernel. On CPU the sharded modules
   here do the same reset through the TBE's own per-table views (weights re-drawn with the
   table's ``init_fn``, row-wise Adagrad state zeroed); on CUDA TorchRec's path runs unchanged.
+* a checkpoint loaded on fewer ranks merges the saved maps' blocks (TorchRec re-sorts them),
+  but keeps the eviction counters of the merged-away blocks' miss slots pinned, so LFU never
+  fills them: the sharded modules here zero the counters of empty slots on load.
+
+Across world sizes the blocks merge but never split: :func:`maps_reload` says which world
+sizes a saved map reloads on (``pipeline.binding`` refuses the others in one line).
 """
 
 from __future__ import annotations
@@ -66,12 +72,43 @@ class _HostEviction:
                     state[rows] = 0
 
 
+def _clear_empty_slots(module: MCHManagedCollisionModule, incompatible_keys=None) -> None:
+    """After a load: zero the eviction counters (LFU counts, LRU access steps) [rows] of the
+    slots that hold no id, but the last, as a fresh map has them (a no-op on the world size
+    the checkpoint was saved on).
+
+    TorchRec pins the counter of each map's last slot, the one kept for misses, to the largest
+    int64 (LFU) or the current step (LRU) so that it is never filled. A checkpoint of N ranks
+    loaded on fewer holds N such slots per merged map, re-sorted to the end among the empty
+    ones; only the last is the merged map's miss slot, and LFU would never fill the others
+    (their counts outrank every new id's forever)."""
+    empty = module._mch_sorted_raw_ids == torch.iinfo(torch.int64).max
+    empty[-1] = False
+    with torch.no_grad():
+        for name in module._mch_metadata:
+            getattr(module, "_mch_" + name)[empty] = 0
+
+
+def _on_load_clear_empty_slots(sharded: nn.Module) -> None:
+    for module in sharded.modules():
+        if isinstance(module, MCHManagedCollisionModule):
+            module.register_load_state_dict_post_hook(_clear_empty_slots)
+
+
 class ShardedManagedPooledTables(_HostEviction, ShardedManagedCollisionEmbeddingBagCollection):
-    """TorchRec's sharded MC-EBC with the CPU admission reset."""
+    """TorchRec's sharded MC-EBC with the CPU admission reset and merged maps' empty slots freed on load."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _on_load_clear_empty_slots(self)
 
 
 class ShardedManagedSequenceTables(_HostEviction, ShardedManagedCollisionEmbeddingCollection):
-    """TorchRec's sharded MC-EC with the CPU admission reset."""
+    """TorchRec's sharded MC-EC with the CPU admission reset and merged maps' empty slots freed on load."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _on_load_clear_empty_slots(self)
 
 
 class _HostKernels:
@@ -139,3 +176,29 @@ def reserve_admission_history(model: nn.Module, max_ids_per_step: dict[str, int]
         ids = torch.zeros(n, dtype=torch.int64, device=module.device)
         # TorchRec's own sizing, from a stand-in batch of the largest size: n x interval x 1.25.
         module._init_history_buffers({module._name: JaggedTensor(values=ids, lengths=torch.tensor([n]))})
+
+
+# ----------------------------------------------------------------------------- world-size changes
+
+
+def row_wise_blocks(size: int, world_size: int) -> list[int]:
+    """The boundaries ``[0, b_1, ..., size]`` of TorchRec's row-wise split of ``size`` rows, or
+    of an id space of ``size`` ids, over ``world_size`` ranks: blocks of ``ceil(size /
+    world_size)``, the last one shorter. Rows: the planner's row-wise shard sizes (an MC table's
+    bucket count equals the world size, so it splits as a plain table does); ids: the block size
+    of the MC input dist (``RwSparseFeaturesDist``), whose block k goes to rank k."""
+    block = -(-size // world_size)
+    return [min(k * block, size) for k in range(world_size + 1)]
+
+
+def maps_reload(rows: int, id_space: int, saved_world: int, world: int) -> bool:
+    """Whether the id → row map of a collision-managed table of ``rows`` rows over ids in
+    ``[0, id_space)``, saved by ``saved_world`` ranks, is still right on ``world`` ranks.
+
+    Each rank's map holds the ids of its block of the id space, pointing at global rows of its
+    block of rows, sorted by id, the unused slots last. DCP concatenates the blocks and TorchRec
+    re-sorts what a rank loads (``MCHManagedCollisionModule.validate_state``), so a rank whose
+    blocks of rows *and* of ids are unions of whole saved blocks gets exactly the saved pairs
+    (merging, e.g. 2 ranks → 1). Any other change (splitting, e.g. 1 → 2) would hand a rank
+    ids routed elsewhere and rows it does not hold; TorchRec then stops with an assertion."""
+    return all(set(row_wise_blocks(size, world)) <= set(row_wise_blocks(size, saved_world)) for size in (rows, id_space))
