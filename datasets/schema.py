@@ -34,9 +34,10 @@ class CollisionConfig:
     distinct ids get distinct rows until the table is full. Every ``eviction_interval``
     training steps it admits the ids seen since the last admission and, when slots run out,
     evicts by ``eviction``: ``lfu`` keeps the most frequent ids, ``lru`` the most recently
-    seen. An id without a row (not yet admitted, or evicted) reads the table's last row,
-    which TorchRec keeps for misses. The map is sharded row-wise with the table and saved
-    in checkpoints."""
+    seen. An id without a row (not yet admitted, or evicted) reads the last row of its
+    block (the table's last row unsharded; each rank's block's last row when sharded
+    row-wise), which TorchRec keeps for misses. The map is sharded row-wise with the table
+    and saved in checkpoints."""
 
     #: mch: TorchRec's managed-collision hash (MCHManagedCollisionModule)
     type: Literal["mch"] = "mch"
