@@ -145,6 +145,7 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
     DistributedModelParallel, which materialises each rank's shards on ``info.device``."""
     model = build_meta_model(cfg, sparse_opt, info.world_size)
     recorder = PlanRecorder()
+    ids_per_step = collision_ids_per_step(cfg, cfg.data.batch_size, info.world_size)
     with quiet_planner():
         dmp, plan = plan_and_shard(
             model,
@@ -154,12 +155,17 @@ def build_sharded_model(cfg: ExperimentConfig, info: DistInfo, sparse_opt: Optim
             cfg.data.batch_size,
             info.local_world_size,
             stats=[recorder],
+            collision_ids_per_step=ids_per_step,
         )
-    managed = cfg.features.collision_tables
-    if managed:  # before the first step: see sharding.collisions.reserve_admission_history
-        per_row = {t: max_ids_per_row(cfg.features, t) for t in managed}
-        reserve_admission_history(dmp, {t: n * cfg.data.batch_size * info.world_size for t, n in per_row.items()})
+    if ids_per_step:  # before the first step: see sharding.collisions.reserve_admission_history
+        reserve_admission_history(dmp, ids_per_step)
     return ShardedModel(dmp, plan, describe_plan(plan), recorder.summary())
+
+
+def collision_ids_per_step(cfg: ExperimentConfig, batch_size: int, world_size: int) -> dict[str, int]:
+    """Per collision-managed table, the most ids one step can bring to one rank: every id of
+    the global batch (row-wise routing may send them all to one rank)."""
+    return {t: max_ids_per_row(cfg.features, t) * batch_size * world_size for t in cfg.features.collision_tables}
 
 
 # ----------------------------------------------------------------------------- 4. the data

@@ -31,7 +31,7 @@ from pathlib import Path
 from torchrec.distributed.planner.types import PlannerError
 
 from fusionrec.errors import exit_on_user_error
-from fusionrec.pipeline.job import build_meta_model, load_job_config
+from fusionrec.pipeline.job import build_meta_model, collision_ids_per_step, load_job_config
 from fusionrec.pipeline.logs import quiet_third_party
 from fusionrec.sharding.planner import GIB, MachineMemory, default_sharders, make_constraints, make_planner
 from fusionrec.sharding.report import (
@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     recorder = PlanRecorder()
     planner = make_planner(
-        cfg.sharding, table_names, args.world_size, local_world_size, args.device, batch_size, memory, stats=[recorder]
-    )
+        cfg.sharding, table_names, args.world_size, local_world_size, args.device, batch_size, memory, stats=[recorder],
+        collision_ids_per_step=collision_ids_per_step(cfg, batch_size, args.world_size),
+    )  # fmt: skip
     start = time.perf_counter()
     try:
         with quiet_planner():

@@ -43,6 +43,7 @@ from torchrec.distributed.mc_embeddingbag import (
     ManagedCollisionEmbeddingBagCollectionSharder,
     ShardedManagedCollisionEmbeddingBagCollection,
 )
+from torchrec.distributed.planner.types import ShardEstimator, ShardingOption, Storage, Topology
 from torchrec.distributed.types import ParameterSharding, ShardingEnv
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 from torchrec.sparse.jagged_tensor import JaggedTensor
@@ -202,3 +203,44 @@ def maps_reload(rows: int, id_space: int, saved_world: int, world: int) -> bool:
     (merging, e.g. 2 ranks → 1). Any other change (splitting, e.g. 1 → 2) would hand a rank
     ids routed elsewhere and rows it does not hold; TorchRec then stops with an assertion."""
     return all(set(row_wise_blocks(size, world)) <= set(row_wise_blocks(size, saved_world)) for size in (rows, id_space))
+
+
+def map_bytes(module: MCHManagedCollisionModule, rows: int, ids_per_step: int) -> int:
+    """Bytes of one rank's id → row map for ``rows`` rows of a collision-managed table, with
+    its admission history sized for ``ids_per_step`` ids (see :func:`reserve_admission_history`):
+    per row the sorted raw ids, the row of each and one int64 per eviction-metadata field
+    (LFU: counts; LRU: last access); per history slot the id and one int64 per history
+    field, ``ids_per_step * eviction_interval * 1.25`` slots."""
+    info = module._eviction_policy.metadata_info
+    per_row = 8 * (2 + sum(1 for m in info if m.is_mch_metadata))
+    per_slot = 8 * (1 + sum(1 for m in info if m.is_history_metadata))
+    return rows * per_row + int(ids_per_step * module._eviction_interval * 1.25) * per_slot
+
+
+class CollisionMapStorage(ShardEstimator):
+    """A planner storage estimator that adds each collision-managed table's id → row map and
+    admission history (:func:`map_bytes`) to the storage of its shards, in HBM on CUDA ranks
+    and in host memory otherwise. TorchRec's own estimator counts the table's rows, optimizer
+    state and I/O buffers, not the MCH module's, which are 24 B per row and more per id
+    slot; run it after TorchRec's storage estimator.
+
+    ``ids_per_step``: per collision-managed table, the most ids one step can bring to one
+    rank (the global batch's, as :func:`reserve_admission_history` reserves)."""
+
+    def __init__(self, topology: Topology, constraints=None, ids_per_step: Optional[dict[str, int]] = None) -> None:
+        self._on_device = topology.compute_device in {"cuda", "mtia"}
+        self._ids_per_step = ids_per_step or {}
+
+    def estimate(self, sharding_options: list[ShardingOption], sharder_data_map=None) -> None:
+        for option in sharding_options:
+            collection = getattr(option.module[1], "_managed_collision_collection", None)
+            if collection is None or option.name not in collection._managed_collision_modules:
+                continue
+            module = collection._managed_collision_modules[option.name]
+            for shard in option.shards:
+                if shard.storage is None:
+                    continue
+                extra = map_bytes(module, shard.size[0], self._ids_per_step.get(option.name, 0))
+                s = shard.storage
+                shard.storage = Storage(hbm=s.hbm + extra, ddr=s.ddr, ssd=s.ssd) if self._on_device else \
+                    Storage(hbm=s.hbm, ddr=s.ddr + extra, ssd=s.ssd)  # fmt: skip

@@ -15,6 +15,10 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.constants import DEFAULT_PERF_ESTIMATOR
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
+from torchrec.distributed.planner.estimator import EmbeddingPerfEstimatorFactory
+from torchrec.distributed.planner.shard_estimators import EmbeddingStorageEstimator
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import Stats
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -88,14 +92,30 @@ def make_planner(
     batch_size: int,
     memory: MachineMemory | None = None,
     stats: list[Stats] | None = None,
+    collision_ids_per_step: dict[str, int] | None = None,
 ) -> EmbeddingShardingPlanner:
     """``stats``: TorchRec planner Stats hooks called with the chosen plan (e.g.
-    ``sharding.report.PlanRecorder``); None keeps TorchRec's default."""
+    ``sharding.report.PlanRecorder``); None keeps TorchRec's default.
+
+    The storage estimate is TorchRec's plus, for collision-managed tables, their id → row maps
+    and admission histories (:class:`sharding.collisions.CollisionMapStorage`;
+    ``collision_ids_per_step``: the most ids one step brings to one rank, per such table)."""
+    from fusionrec.sharding.collisions import CollisionMapStorage  # noqa: PLC0415  (collisions imports this module)
+
     memory = memory or machine_memory(device_type, local_world_size, cfg)
+    topology = make_topology(world_size, local_world_size, device_type, memory)
+    constraints = make_constraints(cfg, table_names)
+    estimators = [
+        EmbeddingPerfEstimatorFactory.create(DEFAULT_PERF_ESTIMATOR, topology=topology, constraints=constraints),
+        EmbeddingStorageEstimator(topology=topology, constraints=constraints),
+        CollisionMapStorage(topology, constraints, collision_ids_per_step),
+    ]
     return EmbeddingShardingPlanner(
-        topology=make_topology(world_size, local_world_size, device_type, memory),
+        topology=topology,
         batch_size=batch_size,
-        constraints=make_constraints(cfg, table_names),
+        enumerator=EmbeddingEnumerator(topology=topology, batch_size=batch_size, constraints=constraints,
+                                       estimator=estimators),  # fmt: skip
+        constraints=constraints,
         storage_reservation=HeuristicalStorageReservation(percentage=cfg.storage_reservation),
         debug=False,
         stats=stats,
@@ -140,15 +160,20 @@ def plan_and_shard(
     batch_size: int,
     local_world_size: int,
     stats: list[Stats] | None = None,
+    collision_ids_per_step: dict[str, int] | None = None,
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Plan ``model``'s embedding tables across the default process group and wrap it in DMP.
 
     Rank 0 plans and broadcasts, so every rank holds the same plan. The model may live on the
     meta device: DMP materialises each rank's shards (and the dense part) on ``device``.
-    ``stats`` go to :func:`make_planner`; they are called on rank 0 only (the rank that plans).
+    ``stats`` and ``collision_ids_per_step`` go to :func:`make_planner`; the stats are called
+    on rank 0 only (the rank that plans).
     """
     world_size = dist.get_world_size()
-    planner = make_planner(cfg, table_names, world_size, local_world_size, device.type, batch_size, stats=stats)
+    planner = make_planner(
+        cfg, table_names, world_size, local_world_size, device.type, batch_size, stats=stats,
+        collision_ids_per_step=collision_ids_per_step,
+    )  # fmt: skip
     sharders = default_sharders()
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from fusionrec.models import build_model
 from fusionrec.pipeline.config import load_config
 from fusionrec.pipeline import plan as plan_cli
+from fusionrec.pipeline.job import build_meta_model, collision_ids_per_step
 from fusionrec.sharding.config import ShardingConfig
 from fusionrec.sharding.report import (
     PlanRecorder,
@@ -183,3 +184,25 @@ def test_plan_and_shard_passes_stats_to_the_planner(tmp_path):
         assert summary.per_rank_ddr_bytes[0] >= summary.total_embedding_bytes
     finally:
         dist.destroy_process_group()
+
+
+def test_planner_counts_the_collision_maps():
+    """The demo with user (20,000 rows, LRU) and item (50,000 rows, LFU) collision-managed,
+    both row_wise over 2 CPU ranks, batch 256: TorchRec counts the tables; the maps add, per
+    rank, 24 B per row (sorted ids, rows, one eviction field) and the admission history,
+    ids x interval 1 x 1.25 slots of 16 B (LRU: id, last access) or 8 B (LFU: id). user:
+    10,000 x 24 + 1 x 512 x 1.25 x 16 = 250,240; item: 25,000 x 24 + 41 x 512 x 1.25 x 8 =
+    809,920 (41 item ids per row: the id and three sequences of 20, 10 and 10)."""
+    totals = []
+    for collision in ([], ["features.tables.user.collision.eviction=lru", "features.tables.item.collision.eviction=lfu"]):
+        cfg = load_config(DEMO, ["sharding.constraints.item.sharding_types=[row_wise]", *collision])
+        model = build_meta_model(cfg, cfg.train.sparse_optimizer, 2)
+        recorder = PlanRecorder()
+        planner = make_planner(
+            cfg.sharding, [t.name for t in cfg.features.tables], 2, 2, "cpu", 256,
+            MachineMemory(hbm_bytes=0, ddr_bytes=8 * GIB), stats=[recorder],
+            collision_ids_per_step=collision_ids_per_step(cfg, 256, 2),
+        )  # fmt: skip
+        planner.plan(model, default_sharders())
+        totals.append(sum(recorder.summary().per_rank_ddr_bytes))
+    assert totals[1] - totals[0] == 2 * (250_240 + 809_920)
