@@ -160,6 +160,11 @@ def worker(args: argparse.Namespace) -> int:
     cfg = load_job_config(args.config, overrides)
     info = start_process_group(cfg)
     torch.set_num_threads(args.threads)
+    if args.cold_cache:  # an empty inductor cache of this rank's own: compile times are cold ones
+        import tempfile
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"inductor_rank{info.rank}_")
+    compiling = cfg.train.compile.enabled
     stamps: list[float] = []
     cpu_marks: list[float] = []
     prof_holder: dict = {}
@@ -175,6 +180,10 @@ def worker(args: argparse.Namespace) -> int:
             n = len(stamps)
             if n == args.warmup or n == args.warmup + args.steps:
                 cpu_marks.append(cpu_seconds())
+            if compiling and n == args.warmup:
+                from fusionrec.pipeline.compiled import compile_stats
+
+                prof_holder["compile_at_warmup"] = compile_stats(self._model, info.device)
             if args.profile and info.rank == 0:
                 if n == profile_from:
                     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
@@ -214,12 +223,19 @@ def worker(args: argparse.Namespace) -> int:
     train_mod.Trainer.save = lambda self: None
     try:
         trainer = train_mod.Trainer(cfg, Path(args.run_dir), info)
+        run_start = time.perf_counter()
         trainer.run()
         import torch.distributed as dist
 
         mine = cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan")
         every = [None] * info.world_size
         dist.all_gather_object(every, mine)
+        compiled_by_rank = [None] * info.world_size
+        if compiling:  # every rank's own compiles: ranks read different batches, so variants may differ
+            from fusionrec.pipeline.compiled import compile_stats
+
+            mine = {"at_warmup": prof_holder.get("compile_at_warmup"), "at_end": compile_stats(trainer.model, info.device)}
+            dist.all_gather_object(compiled_by_rank, mine)
         if info.rank == 0:
             w, n = args.warmup, args.steps
             elapsed = stamps[w + n - 1] - stamps[w - 1]
@@ -235,6 +251,18 @@ def worker(args: argparse.Namespace) -> int:
             }
             step_ms = sorted(1000 * (b - a) for a, b in zip(stamps[w - 1 : -1], stamps[w:]))
             result["step_ms_median"] = step_ms[len(step_ms) // 2]
+            # From Trainer.run to the end of the first / the warm-up steps: pipeline fill, and the
+            # compiles under train.compile (compile time ~ this minus an eager run's).
+            result["first_step_s"] = stamps[0] - run_start
+            result["warmup_s"] = stamps[w - 1] - run_start
+            if compiling:
+                from torch._dynamo.utils import calculate_time_spent
+
+                result["compile"] = {
+                    **compiled_by_rank[0],
+                    "by_rank": compiled_by_rank,
+                    "dynamo_time_s_rank0": {k: round(v, 2) for k, v in calculate_time_spent().items()},
+                }
             result["cpu_s_per_rank"] = every
             result["cpu_ms_per_1k_samples"] = 1e6 * sum(every) / (n * gb)
             log = Path(args.run_dir) / "train_log.jsonl"
@@ -282,6 +310,7 @@ def run_fusionrec(
     no_metrics: bool = False,
     tag: str = "",
     mallopt: bool = False,
+    cold_cache: bool = False,
 ) -> dict:
     run_dir = REPO / "runs" / f"bench_{name}_fusionrec{tag}"
     if run_dir.exists():
@@ -326,6 +355,8 @@ def run_fusionrec(
         cmd += ["--no-metrics"]
     if mallopt:
         cmd += ["--mallopt"]
+    if cold_cache:
+        cmd += ["--cold-cache"]
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"fusionrec run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -632,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-metrics", action="store_true")
     p.add_argument("--mallopt", action="store_true", help="worker: call job.keep_freed_memory() first (the real trainer does)")
+    p.add_argument("--cold-cache", action="store_true", help="worker: an empty inductor cache per rank (cold compiles)")
     args = p.parse_args(argv)
     if args.render:
         notes = Path(args.notes).read_text() if args.notes else ""

@@ -73,6 +73,26 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class CompileConfig:
+    """``enabled: true`` runs the dense part of the model (bottom, fusion, towers, loss: what
+    runs on the pooled and sequence embeddings) under ``torch.compile``; the embedding lookups,
+    the KJTs and the train pipeline's rewritten forward stay eager. The math is the eager
+    model's (within float rounding), and checkpoints are interchangeable with eager runs. On
+    the 2-core CPU machine it made training slower (benchmarks/results/compile.md); it is
+    untested on GPUs. See :mod:`fusionrec.pipeline.compiled` for what is compiled and why."""
+
+    #: compile the dense part of the model with torch.compile (false: eager)
+    enabled: bool = False
+    #: inductor generates fused kernels; aot_eager only traces (checks that the model compiles, no speed-up)
+    backend: Literal["inductor", "aot_eager"] = "inductor"
+    #: inductor's mode; max-autotune-no-cudagraphs also benchmarks GEMM choices while compiling (slower to compile)
+    mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    #: null: static shapes first, symbolic once a shape changes (DTRN's per-length encoder layers:
+    #: symbolic at once); true: symbolic everywhere; false: a recompile per new shape
+    dynamic: Optional[bool] = None
+
+
+@dataclass
 class TrainConfig:
     """``max_steps`` caps the run; otherwise it lasts ``epochs`` passes over the train data.
 
@@ -96,6 +116,8 @@ class TrainConfig:
     grad_clip_norm: Optional[float] = None
     #: bf16: run the dense forward under bf16 autocast (meant for GPUs)
     mixed_precision: Literal["none", "bf16"] = "none"
+    #: torch.compile of the dense part (off by default; slower on the 2-core CPU, untested on GPUs)
+    compile: CompileConfig = field(default_factory=CompileConfig)
     #: steps between training log lines (>= 1)
     log_every: int = 50
     #: samples in the windowed training metrics (>= 1)

@@ -34,6 +34,7 @@ from fusionrec.errors import UserError, exit_on_user_error, report_to_launcher
 from fusionrec.models.multitask import StepOutput
 from fusionrec.pipeline import checkpoint as ckpt
 from fusionrec.pipeline import data_health, job
+from fusionrec.pipeline.compiled import compile_dense
 from fusionrec.pipeline.train_args import config_overrides, parse_args
 from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
 from fusionrec.pipeline.distributed import DistInfo, all_reduce, shutdown
@@ -160,6 +161,8 @@ class Trainer:
         say(f"sharding plan ({info.world_size} ranks, {info.device.type}):\n{format_plan(built.plan)}", enabled=self.main)
         if built.memory is not None:
             say(format_memory_summary(built.memory), enabled=self.main)
+        if cfg.train.compile.enabled:  # the dense submodules only; embeddings and the pipeline stay eager
+            say(compile_dense(self.model, cfg.train.compile, info.device), enabled=self.main)
         self.optimizer, self.dense_optimizer, self.scheduler = build_optimizer(
             self.model, self.model.fused_optimizer, cfg.train, self.max_steps
         )
