@@ -4,18 +4,25 @@ Under torchrun the workers join the elastic agent's TCPStore themselves, inside 
 named after ``TORCHELASTIC_RESTART_COUNT``: after a worker dies and the agent restarts the
 group, the new attempt must not see the dead attempt's keys (with torch 2.13 a plain
 ``init_process_group()`` then hangs or dials the dead workers' addresses).
+
+:func:`shutdown` is the other end: it destroys every group *and its backend*, so that no gloo
+worker thread lives into interpreter teardown (see there for why that aborts a finished job).
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
+import sys
+import types
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from fusionrec.errors import UserError
+from fusionrec.errors import UserError, rank_prefix
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,24 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+#: Modules that evaluate ``group.WORLD`` when they are imported, as a default argument
+#: (``def broadcast(tensor, src, group=group.WORLD)``). Imported after the default group exists
+#: (TorchRec imports them lazily, while the model is built), they hold that group for the rest
+#: of the process, past ``destroy_process_group``; imported before it, they hold None.
+BINDS_WORLD_AT_IMPORT = (
+    "torch.distributed.nn.functional",
+    "torch.distributed.optim.zero_redundancy_optimizer",
+)
+
+
 def init_distributed(device_request: str = "auto", timeout_s: int = 600) -> DistInfo:
     """Start the default process group: NCCL on CUDA, gloo on CPU.
 
     Without torchrun (no ``RANK`` in the environment) this is a world of one process, so
     every entry point also runs directly under ``python -m`` for debugging.
     """
+    for name in BINDS_WORLD_AT_IMPORT:  # before the group exists: see shutdown()
+        importlib.import_module(name)
     rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank, local_world_size = _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", 1)
     device = pick_device(device_request, local_rank)
@@ -119,5 +138,59 @@ def all_gather_objects(obj: object) -> list:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy every process group of this process, and with the last reference to each its
+    backend: gloo joins its worker threads here, while the interpreter is whole.
+
+    Why it matters: ``destroy_process_group`` drops only torch's own references. A group still
+    referenced elsewhere keeps its gloo worker threads running into interpreter teardown. A
+    worker that frees the tensors of a just-finished collective then needs the GIL to release
+    their Python objects; a finalizing interpreter ends such a thread with ``pthread_exit``,
+    whose unwinding stops at the (noexcept) destructor it is in: ``std::terminate``, printed
+    as ``terminate called without an active exception``, and the finished job dies by SIGABRT.
+    It is a race between that worker and the main thread's exit, so it aborted about one job in
+    ten. The references were default arguments (:data:`BINDS_WORLD_AT_IMPORT`);
+    any left here are found and dropped, saying so on stderr, and a group that is still held
+    after that is named in a warning.
+    """
+    if not dist.is_initialized():
+        return
+    gc.collect()  # a sharded model lives in reference cycles, and holds its groups
+    groups = list(dist.distributed_c10d._world.pg_map)
+    dist.destroy_process_group()
+    if any(_held_elsewhere(groups, i) for i in range(len(groups))):
+        released = release_default_arguments(groups)
+        if released:
+            print(f"note: {rank_prefix()}released the destroyed process group held as a default argument of "
+                  f"{', '.join(released)} (import it before init_distributed)", file=sys.stderr, flush=True)
+        still = sum(_held_elsewhere(groups, i) for i in range(len(groups)))
+        if still:
+            print(f"warning: {rank_prefix()}{still} destroyed process group(s) still referenced: their backend "
+                  "threads outlive the job", file=sys.stderr, flush=True)
+    del groups  # the last references: each backend is destroyed here and joins its threads
+
+
+def _held_elsewhere(groups: list, i: int) -> bool:
+    # Two references are ours: the list's and getrefcount's argument.
+    return sys.getrefcount(groups[i]) > 2
+
+
+def release_default_arguments(groups: list) -> list[str]:
+    """Replace each of ``groups`` where a function holds it as a default argument by None (what
+    the function would hold had it been imported before the group existed); returns the
+    functions' qualified names."""
+    ids = {id(g) for g in groups}
+    released = []
+    for obj in gc.get_objects():
+        if not isinstance(obj, types.FunctionType):
+            continue
+        defaults, kwdefaults = obj.__defaults__, obj.__kwdefaults__
+        hit = False
+        if defaults and any(id(d) in ids for d in defaults):
+            obj.__defaults__ = tuple(None if id(d) in ids else d for d in defaults)
+            hit = True
+        if kwdefaults and any(id(v) in ids for v in kwdefaults.values()):
+            obj.__kwdefaults__ = {k: None if id(v) in ids else v for k, v in kwdefaults.items()}
+            hit = True
+        if hit:
+            released.append(f"{obj.__module__}.{obj.__qualname__}")
+    return released

@@ -22,7 +22,7 @@ from fusionrec.errors import UserError, exit_on_user_error
 from fusionrec.pipeline import job, report
 from fusionrec.pipeline.cli_common import add_common_args
 from fusionrec.pipeline.config import ExperimentConfig
-from fusionrec.pipeline.distributed import DistInfo, shutdown
+from fusionrec.pipeline.distributed import DistInfo
 from fusionrec.pipeline.logs import quiet_third_party, say
 from fusionrec.pipeline.predictions import PredictionWriter, predictions_path
 from fusionrec.pipeline.scoring import ScoreOptions, ScoreResult, score
@@ -143,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = job.resolve_checkpoint(args.checkpoint, announce=os.environ.get("RANK", "0") == "0")
         batch_size = args.batch_size or cfg.eval.batch_size or cfg.data.batch_size
         options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
-        info = job.start_process_group(cfg)
-        try:
+        with job.process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
             result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options, args.predictions)
-        finally:
-            shutdown()
         if info.is_main:
             say(f"{result['model']} @ step {result['step']} on {result['samples']} rows of {data}")
             say(format_table(result))

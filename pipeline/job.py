@@ -1,7 +1,7 @@
 """The one recipe every job follows, in the order a job runs it.
 
     cfg   = load_job_config(path, overrides)             # typed, validated; no process group yet
-    info  = start_process_group(cfg)                     # gloo on CPU, NCCL on CUDA; world of one without torchrun
+    with process_group(device, timeout) as info:         # gloo on CPU, NCCL on CUDA; world of one without torchrun
     lock  = lock_run_dir(run_dir, info)                  # training only: one job per run dir
     built = build_sharded_model(cfg, info, sparse_opt)   # tables on meta → TorchRec planner → DMP
     (optimizers: pipeline.optimizers.build_optimizer(built.model, ...), training only)
@@ -9,20 +9,23 @@
     path  = resolve_checkpoint(path)                     # newest undamaged checkpoint of a run dir
     check_checkpoint_binding(cfg, path, reader, ...)     # the checkpoint's config, id types and MC world size rule
     meta  = load_model_weights(built.model, path)        # DCP, any saved world size (MC tables: merges only)
+    (end of the with: every group destroyed with its threads, the agent watch stopped)
 
 ``pipeline.train``, ``pipeline.evaluate``, ``pipeline.plan``, ``pipeline.export``, the
 ``fusionrec train`` launcher and the benchmarks call these steps;
 no job imports another job. Each step is small on purpose: read this file top to bottom to know
-what any job does before its own loop starts.
+what any job does before its own loop starts, and how every job that joins a process group ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -34,7 +37,7 @@ from fusionrec.models.embeddings import max_ids_per_row
 from fusionrec.pipeline import binding
 from fusionrec.pipeline import checkpoint as ckpt
 from fusionrec.pipeline.config import ExperimentConfig, OptimizerConfig, load_config
-from fusionrec.pipeline.distributed import DistInfo, all_reduce, init_distributed
+from fusionrec.pipeline.distributed import DistInfo, all_reduce, init_distributed, shutdown
 from fusionrec.pipeline.lifecycle import watch_parent
 from fusionrec.pipeline.logs import say
 from fusionrec.pipeline.optimizers import fuse_sparse_optimizer
@@ -83,12 +86,34 @@ def load_job_config(path: str, overrides: list[str]) -> ExperimentConfig:
 # ----------------------------------------------------------------------------- 2. the process group
 
 
-def start_process_group(cfg: ExperimentConfig) -> DistInfo:
-    """Join torchrun's process group (or make a world of one); picks the device from ``train.device``.
+@contextlib.contextmanager
+def process_group(device: str, timeout_s: int = 600) -> Iterator[DistInfo]:
+    """Join torchrun's process group (or make a world of one) on ``device`` (``train.device``:
+    auto, cpu or cuda; ``timeout_s``: ``train.process_group_timeout_s``) for the body of the
+    ``with``, and leave it the one way every job ends, also on an error: every group destroyed
+    with its backend's threads (:func:`distributed.shutdown`), then the agent watch stopped.
+    Under torchrun this process also ends itself once its agent is gone (:func:`watch_parent`).
 
-    Under torchrun this process also ends itself once its agent is gone (:func:`watch_parent`)."""
-    watch_parent()
-    return init_distributed(cfg.train.device, cfg.train.process_group_timeout_s)
+    The job's model, pipeline and readers must be unreferenced by the end of the body (keep
+    them in a function the body calls, not in the caller's locals): a sharded model holds
+    its process group, and a group alive after this aborts the finished process at exit
+    (see :func:`distributed.shutdown`).
+    """
+    watch = watch_parent()
+    try:
+        info = init_distributed(device, timeout_s)
+        try:
+            yield info
+        except BaseException as err:
+            # A traceback keeps its frames' locals (the model, hence its process group) alive;
+            # the frames that have returned lose them here, the message and lines stay.
+            traceback.clear_frames(err.__traceback__)
+            raise
+        finally:
+            shutdown()
+    finally:
+        if watch is not None:
+            watch.stop()
 
 
 def lock_run_dir(run_dir: Path, info: DistInfo) -> Optional[RunDirLock]:

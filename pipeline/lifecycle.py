@@ -75,33 +75,51 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def watch_parent(poll_s: float = 0.5) -> Optional[threading.Thread]:
+class ParentWatch:
+    """The thread of :func:`watch_parent`; :meth:`stop` ends and joins it (the job's last step),
+    so no thread of fusionrec's own is alive when the interpreter tears down."""
+
+    def __init__(self, parent: int, poll_s: float) -> None:
+        self.parent, self.poll_s = parent, poll_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fusionrec-parent-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while os.getppid() == self.parent:
+            if self._stopped.wait(self.poll_s):
+                return
+        if _signalled_at is not None:  # stopping anyway: let the agreed save finish
+            if self._stopped.wait(max(0.0, _signalled_at + SAVE_GRACE_S - time.monotonic())):
+                return
+        _agent_gone(self.parent)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _agent_gone(parent: int) -> None:
+    print(
+        f"error: {rank_prefix()}the torchrun agent (pid {parent}) is gone; stopping without saving",
+        file=sys.stderr,
+        flush=True,
+    )
+    # Immediately, from this thread: the main thread may be inside a collective that waits for
+    # ranks that are gone. Nothing is lost that a clean exit would keep: an unpublished save
+    # stays a .tmp- directory (docs/reliability.md).
+    os._exit(1)
+
+
+def watch_parent(poll_s: float = 0.5) -> Optional[ParentWatch]:
     """Under torchrun, end this process (exit 1, one line on stderr) within ``poll_s`` seconds of
-    its parent, the torchrun agent, going away; returns the watching thread (None outside torchrun).
+    its parent, the torchrun agent, going away; returns the watch (None outside torchrun).
 
     A poll and not ``prctl(PR_SET_PDEATHSIG)``: the death signal fires when the parent *thread*
     that forked the worker exits, not the agent process, and it cannot say why the worker stopped."""
     if not under_torchrun():
         return None
     parent = os.getppid()
-
-    def stop() -> None:
-        print(
-            f"error: {rank_prefix()}the torchrun agent (pid {parent}) is gone; stopping without saving",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        if _signalled_at is not None:  # stopping anyway: let the agreed save finish
-            time.sleep(max(0.0, _signalled_at + SAVE_GRACE_S - time.monotonic()))
-        stop()
-
     if parent == 1:  # the agent died before this worker got here
-        stop()
-    thread = threading.Thread(target=watch, name="fusionrec-parent-watch", daemon=True)
-    thread.start()
-    return thread
+        _agent_gone(parent)
+    return ParentWatch(parent, poll_s)

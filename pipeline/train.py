@@ -37,7 +37,7 @@ from fusionrec.pipeline import data_health, job
 from fusionrec.pipeline.compiled import compile_dense
 from fusionrec.pipeline.train_args import config_overrides, parse_args
 from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
-from fusionrec.pipeline.distributed import DistInfo, all_reduce, shutdown
+from fusionrec.pipeline.distributed import DistInfo, all_reduce
 from fusionrec.pipeline.lifecycle import StopRequest, signal_name
 from fusionrec.pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
 from fusionrec.pipeline.optimizers import build_optimizer, set_schedule_length
@@ -326,12 +326,12 @@ class Trainer:
                     break  # a stop signal, or the data ran out
                 if every_eval and s.step % every_eval == 0 and self.evaluate_and_decide(pipeline):
                     break
-            self.bar.close()
-            self.board.close()
             if self.last_saved is None or self.last_saved[0] != s.step:
                 self.save()
         finally:
             self.stop.restore()
+            self.bar.close()
+            self.board.close()
         self.report_data(data_health.gather_counters(self.reader, self.info.device), final=True)
         return s
 
@@ -397,9 +397,19 @@ class Trainer:
         return stop
 
 
-def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> Trainer:
+@dataclass(frozen=True)
+class TrainOutcome:
+    """How a training run ended, without a reference to its model (see ``job.process_group``):
+    where it stands, the signal the ranks stopped on (0: none) and the last checkpoint saved."""
+
+    state: TrainerState
+    stopped_by: int
+    last_saved: Optional[tuple[int, Path]]
+
+
+def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) -> TrainOutcome:
     """Lock the run dir, build the trainer, resume when asked (or after an elastic restart) from
-    the newest undamaged checkpoint, and run; returns the trainer once it has stopped."""
+    the newest undamaged checkpoint, and run; returns how it ended once it has stopped."""
     lock = job.lock_run_dir(run_dir, info)
     try:
         trainer = Trainer(cfg, run_dir, info)
@@ -412,10 +422,25 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
         elif resume:
             say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=info.is_main)
         trainer.run()
-        return trainer
+        return TrainOutcome(trainer.state, trainer.stopped_by, trainer.last_saved)
     finally:
         if lock is not None:
             lock.release()
+
+
+def report_outcome(outcome: TrainOutcome, info: DistInfo) -> None:
+    """The job's last line: done, or where a stop signal left the checkpoint (also left for the
+    launcher, so that every node's launcher exits 0)."""
+    state = outcome.state
+    if outcome.stopped_by:
+        line = (
+            f"stopped by {signal_name(outcome.stopped_by)} at step {state.step}: checkpoint "
+            f"{outcome.last_saved[1] if outcome.last_saved else None}; continue with --resume"
+        )
+        say(line, enabled=info.is_main)
+        report_to_launcher(f"stopped-rank{info.rank}", line)
+    else:
+        say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)
 
 
 @record
@@ -425,21 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error():
         cfg = job.load_job_config(args.config, config_overrides(args))
-        info = job.start_process_group(cfg)
-        try:
-            trainer = train(cfg, Path(args.run_dir), args.resume, info)
-            state = trainer.state
-            if trainer.stopped_by:
-                line = (
-                    f"stopped by {signal_name(trainer.stopped_by)} at step {state.step}: checkpoint "
-                    f"{trainer.last_saved[1]}; continue with --resume"
-                )
-                say(line, enabled=info.is_main)
-                report_to_launcher(f"stopped-rank{info.rank}", line)  # every node's launcher exits 0
-            else:
-                say(f"done: {state.step} steps, {state.samples_seen} samples", enabled=info.is_main)
-        finally:
-            shutdown()
+        with job.process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
+            outcome = train(cfg, Path(args.run_dir), args.resume, info)
+        report_outcome(outcome, info)
     return 0
 
 

@@ -25,7 +25,7 @@ from torchrec import KeyedJaggedTensor
 from fusionrec.datasets.hashing import mc_ids
 from fusionrec.datasets.schema import CollisionConfig, FeatureSchema, SequenceFeature, SparseFeature, TableConfig
 from fusionrec.models.embeddings import build_mc_embedding_bag_collection, build_mc_embedding_collection
-from fusionrec.pipeline.distributed import init_distributed, shutdown
+from fusionrec.pipeline.job import process_group
 from fusionrec.pipeline.logs import quiet_third_party
 from fusionrec.sharding.collisions import reserve_admission_history
 from fusionrec.sharding.config import ShardingConfig
@@ -106,9 +106,7 @@ def resident(model, table: str) -> list[int]:
     raise KeyError(table)
 
 
-def main(out: Path) -> None:
-    quiet_third_party()
-    info = init_distributed("cpu")
+def check(info, out: Path) -> None:
     rank, world = info.rank, info.world_size
     result: dict = {}
 
@@ -180,7 +178,12 @@ def main(out: Path) -> None:
         "recent": spread(recent),
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    shutdown()
+
+
+def main(out: Path) -> None:
+    quiet_third_party()
+    with process_group("cpu") as info:  # ends the way every job does (pipeline.job)
+        check(info, out)
 
 
 if __name__ == "__main__":

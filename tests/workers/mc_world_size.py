@@ -36,7 +36,7 @@ from fusionrec.datasets.hashing import mc_ids
 from fusionrec.datasets.schema import MC_ID_SPACE
 from fusionrec.errors import CheckpointMismatchError
 from fusionrec.pipeline.binding import check_collision_world_size
-from fusionrec.pipeline.distributed import init_distributed, shutdown
+from fusionrec.pipeline.job import process_group
 from fusionrec.pipeline.logs import quiet_third_party
 from fusionrec.sharding.collisions import reserve_admission_history
 from fusionrec.sharding.config import ShardingConfig
@@ -196,14 +196,7 @@ def load(ckpt: Path, world: int, rank: int) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--load", type=Path)
-    parser.add_argument("--save", action="store_true")
-    args = parser.parse_args()
-    quiet_third_party()
-    info = init_distributed("cpu")
+def run(args: argparse.Namespace, info) -> None:
     rank, world = info.rank, info.world_size
     result: dict = {"world": world}
     if args.load is not None:
@@ -222,7 +215,17 @@ def main() -> None:
     if rank == 0:
         (args.out / "result.json").write_text(json.dumps(result, indent=1))
     dist.barrier()
-    shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--load", type=Path)
+    parser.add_argument("--save", action="store_true")
+    args = parser.parse_args()
+    quiet_third_party()
+    with process_group("cpu") as info:  # ends the way every job does (pipeline.job)
+        run(args, info)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from fusionrec.pipeline.distributed import init_distributed, shutdown
+from fusionrec.pipeline.job import process_group
 from fusionrec.pipeline.logs import quiet_third_party
 from fusionrec.sharding.config import ShardingConfig, TableConstraint
 from fusionrec.sharding.planner import describe_plan, plan_and_shard
@@ -65,9 +65,7 @@ def inputs(keys, rank):
     return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
 
 
-def main(out: Path) -> None:
-    quiet_third_party()
-    info = init_distributed("cpu")
+def check(info, out: Path) -> None:
     tables = [f"bag_{t}" for t in TYPES + BAG_ONLY_TYPES] + [f"seq_{t}" for t in TYPES]
     cfg = ShardingConfig(
         constraints={
@@ -94,9 +92,12 @@ def main(out: Path) -> None:
         diffs[f"seq_{t}"] = (sequences[f"s_{t}"].values() - ref_sequences[f"s_{t}"].values()).abs().max().item()
     result = {"diffs": diffs, "plan": describe_plan(plan)}
     (out / f"rank{info.rank}.json").write_text(json.dumps(result))
-    # Exiting with the gloo group alive can abort in its threads' teardown
-    # ("terminate called without an active exception"): close it first, as the entry points do.
-    shutdown()
+
+
+def main(out: Path) -> None:
+    quiet_third_party()
+    with process_group("cpu") as info:  # ends the way every job does (pipeline.job)
+        check(info, out)
 
 
 if __name__ == "__main__":
