@@ -3,7 +3,8 @@
 Under torchrun the workers join the elastic agent's TCPStore themselves, inside a key space
 named after ``TORCHELASTIC_RESTART_COUNT``: after a worker dies and the agent restarts the
 group, the new attempt must not see the dead attempt's keys (with torch 2.13 a plain
-``init_process_group()`` then hangs or dials the dead workers' addresses).
+``init_process_group()`` then hangs or dials the dead workers' addresses). For the same reason
+each group a process starts (train, then evaluate, in one driver) gets a key space of its own.
 
 :func:`shutdown` is the other end: it destroys every group *and its backend*, so that no gloo
 worker thread lives into interpreter teardown (see there for why that aborts a finished job).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import os
 import sys
 import types
@@ -62,6 +64,9 @@ BINDS_WORLD_AT_IMPORT = (
 )
 
 
+_groups_started = itertools.count()  # default groups this process has started
+
+
 def init_distributed(device_request: str = "auto", timeout_s: int = 600) -> DistInfo:
     """Start the default process group: NCCL on CUDA, gloo on CPU.
 
@@ -80,7 +85,8 @@ def init_distributed(device_request: str = "auto", timeout_s: int = 600) -> Dist
             os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
         )
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store: dist.Store = dist.PrefixStore(f"fusionrec/attempt{attempt}", agent_store)
+        # Every rank starts its groups in the same order, so the counters agree.
+        store: dist.Store = dist.PrefixStore(f"fusionrec/attempt{attempt}/group{next(_groups_started)}", agent_store)
     else:
         store = dist.HashStore()
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
@@ -181,7 +187,7 @@ def release_default_arguments(groups: list) -> list[str]:
     ids = {id(g) for g in groups}
     released = []
     for obj in gc.get_objects():
-        if not isinstance(obj, types.FunctionType):
+        if type(obj) is not types.FunctionType:  # type(), not isinstance: no lazy-module __class__ lookups
             continue
         defaults, kwdefaults = obj.__defaults__, obj.__kwdefaults__
         hit = False
