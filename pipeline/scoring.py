@@ -111,7 +111,9 @@ def score(
         t.name: BootstrapMetrics(t.type, options.bootstrap, seed=options.seed * 1000 + rank * 31 + i, device=device)
         for i, t in enumerate(schema.tasks)
     } if options.bootstrap else {}
-    fusion = _FusionAverage(_inner(model), fusion_type) if options.fusion_batches else None
+    # Fusions whose experts belong to no task (shared_bottom, mmoe, ml_mmoe) have no matrix.
+    has_matrices = _inner(model).fusion_matrix_labels() is not None
+    fusion = _FusionAverage(_inner(model), fusion_type) if options.fusion_batches and has_matrices else None
     grouped = {t.name: GroupAUC() for t in schema.tasks if t.type == "binary"} if options.gauc else {}
     was_training = model.training
     model.eval()

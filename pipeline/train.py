@@ -119,6 +119,15 @@ def improved(stopping: EarlyStoppingConfig, value: float, best: Optional[float])
     return value > best + stopping.min_delta if stopping.higher_is_better else value < best - stopping.min_delta
 
 
+def headline_metric(metrics: dict) -> str:
+    """A task's metric for a one-line summary: AUC for a binary task, MSE for a regression."""
+    if "auc" in metrics:
+        return f"auc={metrics['auc']:.4f}"
+    if "mse" in metrics:
+        return f"mse={metrics['mse']:.4f}"
+    return "-"
+
+
 def autocast_forward(model: torch.nn.Module, device: torch.device, mode: str) -> Optional[Callable]:
     """A model forward under bf16 autocast for the pipeline, or None for plain fp32."""
     if mode != "bf16":
@@ -306,7 +315,7 @@ class Trainer:
         )
         self.board = TensorBoardLog(self.run_dir / "tensorboard" if self.main and cfg.train.tensorboard else None)
         self.bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
-        self.window_start = time.perf_counter()
+        self.restart_speed_window()
         every_ckpt, every_eval = cfg.checkpoint.every_n_steps, cfg.train.eval_every_n_steps
         every_stop_check = cfg.checkpoint.stop_check_every_n_steps
         self.model.train()
@@ -353,10 +362,10 @@ class Trainer:
     def log_step(self) -> None:
         """One log line (collective: every rank calls it at the same step)."""
         s = self.state
-        steps = self.window.steps
         record = {"step": s.step, "samples_seen": s.samples_seen, **self.window.flush(self.info.world_size)}
-        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
-        record["samples_per_s"] = round(steps * self.global_batch / elapsed, 1)
+        started, from_step = self.speed_window
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        record["samples_per_s"] = round((s.step - from_step) * self.global_batch / elapsed, 1)
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["metrics"] = self.metrics.compute()
         record["data"] = data_health.gather_counters(self.reader, self.info.device)
@@ -368,7 +377,12 @@ class Trainer:
             f"step {s.step}/{self.max_steps} loss={record['loss']:.4f} [{tasks}] {record['samples_per_s']:.0f} samples/s"
         )
         self.report_data(record["data"], final=False)
-        self.window_start = time.perf_counter()
+        self.restart_speed_window()
+
+    def restart_speed_window(self) -> None:
+        """samples/s counts the steps trained since here (the loss window keeps its own steps,
+        which a periodic evaluation does not end)."""
+        self.speed_window = (time.perf_counter(), self.state.step)
 
     def report_data(self, totals: dict[str, int], final: bool) -> None:
         """Rank 0 prints the non-zero bad-value counters of ``totals`` (summed over ranks; at the
@@ -387,13 +401,13 @@ class Trainer:
         tasks = self.evaluate(pipeline)
         self.jsonl.write({"step": s.step, "eval": tasks})
         self.board.write({"step": s.step, "eval": tasks})
-        summary = " ".join(f"{t}:auc={m.get('auc', float('nan')):.4f}" for t, m in tasks.items())
+        summary = " ".join(f"{t}:{headline_metric(m)}" for t, m in tasks.items())
         self.bar.say(f"eval @ step {s.step}: {summary}")
         stop = self.should_stop(tasks)
         if stop:
             patience = self.cfg.train.early_stopping.patience
             self.bar.say(f"early stopping at step {s.step}: no improvement in {patience} evaluations")
-        self.window_start = time.perf_counter()
+        self.restart_speed_window()
         return stop
 
 

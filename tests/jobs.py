@@ -15,6 +15,17 @@ BATCH = 128
 TRAIN = ["-m", "fusionrec.pipeline.train", "--config", CONFIG, "--set", f"data.batch_size={BATCH}", "--set", "train.log_every=10"]
 
 
+#: every fusion but the demo's AdaTT, small: ``model.fusion=<spec>``
+FUSIONS = {
+    "adatt_sp": "{type: adatt_sp, expert_dims: [16, 8], experts_per_task: 2}",
+    "ple": "{type: ple, expert_dims: [16, 8], experts_per_task: 1, shared_experts: 1}",
+    "mmoe": "{type: mmoe, expert_dims: [[16, 8]], num_experts: 3}",
+    "ml_mmoe": "{type: ml_mmoe, expert_dims: [[16], [8]], num_experts: 3}",
+    "cross_stitch": "{type: cross_stitch, expert_dims: [16, 8]}",
+    "shared_bottom": "{type: shared_bottom, hidden_dims: [16]}",
+}
+
+
 def train_args(logs: Path, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
     """Arguments after ``python``/``torchrun`` for a demo training run."""
     return [*TRAIN, "--train-data", str(logs / "train"), "--run-dir", str(run_dir), "--max-steps", str(max_steps), *extra]

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.jobs import CONFIG, evaluate, train
+from tests.jobs import CONFIG, FUSIONS, evaluate, train
 from tests.launch import REPO, child_env, run
 
 pytestmark = pytest.mark.slow
@@ -168,14 +168,6 @@ def test_loads_and_scores_without_fusionrec(served, tmp_path):
             assert pred.shape == expected.shape and np.abs(pred.numpy() - expected).max() <= tolerance, q
 
 
-FUSIONS = {
-    "adatt_sp": "{type: adatt_sp, expert_dims: [16, 8], experts_per_task: 2}",
-    "ple": "{type: ple, expert_dims: [16, 8], experts_per_task: 1, shared_experts: 1}",
-    "mmoe": "{type: mmoe, expert_dims: [[16, 8]], num_experts: 3}",
-    "ml_mmoe": "{type: ml_mmoe, expert_dims: [[16], [8]], num_experts: 3}",
-    "cross_stitch": "{type: cross_stitch, expert_dims: [16, 8]}",
-    "shared_bottom": "{type: shared_bottom, hidden_dims: [16]}",
-}
 VARIANTS = {
     "demo (dtrn + adatt)": [],
     **{f"dtrn + {name}": [f"model.fusion={spec}"] for name, spec in FUSIONS.items()},
