@@ -48,6 +48,32 @@ from benchmarks.runinfo import load_average, run_info  # noqa: E402
 CONFIGS = {"demo": "configs/demo.yaml", "large": "configs/bench_large.yaml"}
 
 
+# --------------------------------------------------------------------------- the rejected arm
+def also_compile_tim_layers():
+    """Make :mod:`pipeline.compiled` also compile DTRN's per-length TIM encoder layers, with
+    symbolic shapes (the module's first version did; ``--tim-layers`` measures it). Returns
+    the patched ``compile_dense``, for callers that imported the name."""
+    from fusionrec.pipeline import compiled as c
+
+    plain_modules, plain_compile = c.dense_modules, c.compile_dense
+
+    def dense_modules(model, device):
+        out = plain_modules(model, device)
+        if c.tim_runs_per_length(model.bottom, device):
+            out = out[:1] + [(f"bottom.tim.layers.{i}", m) for i, m in enumerate(model.bottom.tim.layers)] + out[1:]
+        return out
+
+    def compile_dense(model, cfg, device):
+        line = plain_compile(model, cfg, device)
+        tim = c.multitask_model(model).bottom.tim
+        for layer in tim.layers:  # N and L change every batch: symbolic from the start
+            layer.compile(backend=cfg.backend, mode=cfg.mode if cfg.backend == "inductor" else None, dynamic=True)
+        return line + " (+ TIM encoder layers, dynamic=True: benchmark arm)"
+
+    c.dense_modules, c.compile_dense = dense_modules, compile_dense
+    return compile_dense
+
+
 # --------------------------------------------------------------------------- 1. dense step
 def dense_worker(name: str, mode: str, args: argparse.Namespace) -> dict:
     """One (config, mode): compile times, alternating timed rounds, recompiles. Runs in its own
@@ -59,11 +85,14 @@ def dense_worker(name: str, mode: str, args: argparse.Namespace) -> dict:
     from benchmarks.dense_step import count, gemm_rate, make_inputs, schema_and_model, step
     from fusionrec.models.config import ModelConfig
     from fusionrec.models.multitask import MultiTaskModel, build_model
-    from fusionrec.pipeline.compiled import compile_dense, compile_stats
+    from fusionrec.pipeline import compiled as compiled_mod
     from fusionrec.pipeline.config import CompileConfig
     from fusionrec.pipeline.job import keep_freed_memory
     from fusionrec.typedconfig import from_dict
 
+    if args.tim_layers:
+        also_compile_tim_layers()
+    compile_dense, compile_stats = compiled_mod.compile_dense, compiled_mod.compile_stats
     keep_freed_memory()
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -160,7 +189,7 @@ def run_dense(name: str, mode: str, args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix="compile_dense_")) / "result.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--dense-worker", name, mode, "--worker-out", str(out),
            "--rounds", str(args.rounds), "--steps", str(args.steps), "--inputs", str(args.inputs),
-           "--gemm-seconds", str(args.gemm_seconds)]
+           "--gemm-seconds", str(args.gemm_seconds), *(["--tim-layers"] if args.tim_layers else [])]
     from benchmarks.throughput import env
 
     proc = subprocess.run(cmd, cwd=REPO, env=env(), text=True, capture_output=True, check=False)
@@ -188,8 +217,9 @@ def run_trainer(name: str, args: argparse.Namespace) -> dict:
             load[arm] = load_average()[0]
             extra = ["train.compile.enabled=true"] if arm == "compiled" else []
             t = time.time()
+            flags = ("--tim-layers",) if args.tim_layers and arm == "compiled" else ()
             got[arm] = run_fusionrec(name, cfg_path, sets + extra, warmup, steps, args.nproc, tag=f"_{arm}",
-                                     mallopt=True, cold_cache=arm == "compiled")
+                                     mallopt=True, cold_cache=arm == "compiled", worker_flags=flags)
             print(f"  trainer {name} round {r} {arm}: {got[arm]['samples_per_s']:.0f} samples/s, warm-up "
                   f"{got[arm]['warmup_s']:.1f} s, load {load[arm]} ({time.time() - t:.0f} s)", flush=True)
         peak = gemm_peak(work["top_matmul_shapes"])["peak"]
@@ -286,15 +316,19 @@ def render_md(res: dict, notes: str = "") -> str:
     ]
     for run in res.get("runs", [])[1:]:
         lines += [f"Rerun on {run['date']} (load at start {run['load_at_start']}): `{run['command']}`.", ""]
-    if res.get("dense"):
+    for key, title in (("dense", "Dense step (one process, 1 thread: one trainer rank's forward + backward of the "
+                                    "dense part)"),
+                       ("dense_tim_layers", "Rejected arm, dense step: DTRN's per-length TIM encoder layers compiled too")):
+        if not res.get(key):
+            continue
         lines += [
-            "## Dense step (one process, 1 thread: one trainer rank's forward + backward of the dense part)",
+            f"## {title}",
             "",
             "| config | mode | batch | step ms eager → compiled | speed-up median (range) | dense MFU eager → compiled "
             "| compile s cold · warm | graphs · recompiles after first pass | recompiles in timed rounds |",
             "| --- | --- | ---: | --- | --- | --- | --- | --- | --- |",
         ]
-        for d in res["dense"]:
+        for d in res[key]:
             first, end = d["compile_stats_after_first_pass"], d["compile_stats_after_rounds"]
             lines.append(
                 f"| {_name(d)} | {d['mode']} | {d['batch']} | {d['eager_ms']} → {d['compiled_ms']} "
@@ -303,7 +337,7 @@ def render_md(res: dict, notes: str = "") -> str:
                 f"| {first['graphs']} · {first['recompiles']} | {end['recompiles'] - first['recompiles']} |"
             )
         lines += ["", "Speed-up = eager step time ÷ compiled step time, per round (below 1: compiled is slower).", ""]
-        for d in res["dense"]:
+        for d in res[key]:
             lines += [
                 f"Rounds ({_name(d)}, {d['mode']}; loss eager {d['loss_eager']:.6f}, compiled "
                 f"{d['loss_compiled']:.6f}; variants per module {d['compile_stats_after_rounds']['variants']}):",
@@ -316,15 +350,19 @@ def render_md(res: dict, notes: str = "") -> str:
                 lines.append(f"| {i} | {' → '.join(r['order'])} | {load} | {r['eager_ms']:.1f} | {r['compiled_ms']:.1f} "
                              f"| {r['speedup']:.2f} | {r['gemm_gflops']:.0f} |")
             lines.append("")
-    if res.get("trainer"):
+    for key, title in (("trainer", "Trainer (2 gloo ranks under torchrun, 1 thread each, the real job without "
+                                      "checkpoint saves)"),
+                       ("trainer_tim_layers", "Rejected arm, trainer: DTRN's per-length TIM encoder layers compiled too")):
+        if not res.get(key):
+            continue
         lines += [
-            "## Trainer (2 gloo ranks under torchrun, 1 thread each, the real job without checkpoint saves)",
+            f"## {title}",
             "",
             "| config | eager samples/s | compiled samples/s | ratio median (range) | dense MFU eager → compiled "
             "| compile s (cold, both ranks at once) | graphs · recompiles by warm-up end, per rank | recompiles in timed steps |",
             "| --- | ---: | ---: | --- | --- | ---: | --- | ---: |",
         ]
-        for name, t in res["trainer"].items():
+        for name, t in res[key].items():
             by_rank = [r["compile"].get("by_rank") or [r["compile"]] for r in t["rounds"]]
             warm = " / ".join(f"{c['at_warmup']['graphs']} · {c['at_warmup']['recompiles']}" for c in by_rank[0])
             late = max(c["at_end"]["recompiles"] - c["at_warmup"]["recompiles"] for ranks in by_rank for c in ranks)
@@ -334,7 +372,7 @@ def render_md(res: dict, notes: str = "") -> str:
                 f"| {t['eager_mfu']:.1%} → {t['compiled_mfu']:.1%} | {t['compile_s']} | {warm} | {late} |"
             )
         lines += ["", "Ratio = compiled samples/s ÷ eager samples/s in the same round.", ""]
-        for name, t in res["trainer"].items():
+        for name, t in res[key].items():
             lines += [
                 f"Rounds ({name}; {t['warmup_steps']} warm-up + {t['timed_steps']} timed steps):",
                 "",
@@ -380,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trainer-warmup-large", type=int, default=15, help="enough for every rank's compiles")
     p.add_argument("--trainer-steps-large", type=int, default=15)
     p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--tim-layers", action="store_true",
+                   help="the rejected arm: also compile DTRN's per-length TIM encoder layers (results under *_tim_layers)")
     p.add_argument("--update", action="store_true", help="keep the other entries of --json, replace what runs")
     p.add_argument("--dense-worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -414,16 +454,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
         save()
+    suffix = "_tim_layers" if args.tim_layers else ""
     if "dense" in parts:
-        res["dense"] = [d for d in res.get("dense", []) if _name(d) not in configs] if args.update else []
+        key = "dense" + suffix
+        modes = args.modes.split(",")
+        res[key] = [d for d in res.get(key, []) if (_name(d), d["mode"]) not in
+                    {(c, m) for c in configs for m in modes}] if args.update else []
         for name in configs:
-            for mode in args.modes.split(","):
-                res["dense"].append(run_dense(name, mode, args))
+            for mode in modes:
+                res[key].append(run_dense(name, mode, args))
                 save()
     if "trainer" in parts:
-        res["trainer"] = res.get("trainer", {}) if args.update else {}
+        key = "trainer" + suffix
+        res[key] = res.get(key, {}) if args.update else {}
         for name in configs:
-            res["trainer"][name] = run_trainer(name, args)
+            res[key][name] = run_trainer(name, args)
             save()
     return 0
 

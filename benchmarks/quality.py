@@ -304,7 +304,7 @@ def sweep_items(suite: str, models: list[str], seeds: list[int], settings: list[
 def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
-    from fusionrec.pipeline.distributed import init_distributed, shutdown
+    from fusionrec.pipeline.job import process_group
     from fusionrec.pipeline.logs import quiet_third_party
 
     quiet_third_party()
@@ -313,9 +313,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in load_runs()}
     items = sweep_items(args.suite, args.models, args.seeds, args.settings, args.extra)
-    info = init_distributed("cpu")
     started = time.perf_counter()
-    try:
+    with process_group("cpu") as info:
         for setting, model, seed, data, extra in items:
             if (args.suite, setting, model, seed) in done:
                 continue
@@ -329,8 +328,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             print(f"[{time.perf_counter() - started:7.0f}s] {args.suite} {setting} {model} seed={seed} "
                   f"best_epoch={rec['best_epoch']} valid={rec['valid_mean_auc']:.4f} test {aucs} "
                   f"train {rec['train_s']:.0f}s", flush=True)
-    finally:
-        shutdown()
 
 
 # ----------------------------------------------------------------------------- report

@@ -146,25 +146,36 @@ def cpu_seconds() -> float:
 # --------------------------------------------------------------------------- worker
 def worker(args: argparse.Namespace) -> int:
     """Runs under torchrun: the real Trainer, instrumented, no checkpoint save."""
-    import fusionrec.pipeline.train as train_mod
-    import torch
-    from fusionrec.pipeline.distributed import shutdown
-    from fusionrec.pipeline.job import keep_freed_memory, load_job_config, start_process_group
+    from fusionrec.pipeline.job import keep_freed_memory, load_job_config, process_group
     from fusionrec.pipeline.logs import quiet_third_party
-    from torch.profiler import record_function
 
     if args.mallopt:
         keep_freed_memory()
     quiet_third_party()
     overrides = list(args.set or []) + [f"train.max_steps={args.warmup + args.steps}", "checkpoint.every_n_steps=0"]
     cfg = load_job_config(args.config, overrides)
-    info = start_process_group(cfg)
+    with process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
+        instrumented_run(args, cfg, info)
+    return 0
+
+
+def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
+    """The real Trainer with timing and profiling hooks, on this rank of the running group;
+    rank 0 writes ``args.out``. Nothing of the trainer outlives this call (``job.process_group``)."""
+    import fusionrec.pipeline.train as train_mod
+    import torch
+    from torch.profiler import record_function
+
     torch.set_num_threads(args.threads)
     if args.cold_cache:  # an empty inductor cache of this rank's own: compile times are cold ones
         import tempfile
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"inductor_rank{info.rank}_")
     compiling = cfg.train.compile.enabled
+    if compiling and args.tim_layers:  # benchmarks/compile.py's rejected arm
+        from benchmarks.compile import also_compile_tim_layers
+
+        train_mod.compile_dense = also_compile_tim_layers()
     stamps: list[float] = []
     cpu_marks: list[float] = []
     prof_holder: dict = {}
@@ -221,65 +232,61 @@ def worker(args: argparse.Namespace) -> int:
 
     train_mod.LossWindow.add = add
     train_mod.Trainer.save = lambda self: None
-    try:
-        trainer = train_mod.Trainer(cfg, Path(args.run_dir), info)
-        run_start = time.perf_counter()
-        trainer.run()
-        import torch.distributed as dist
+    trainer = train_mod.Trainer(cfg, Path(args.run_dir), info)
+    run_start = time.perf_counter()
+    trainer.run()
+    import torch.distributed as dist
 
-        mine = cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan")
-        every = [None] * info.world_size
-        dist.all_gather_object(every, mine)
-        compiled_by_rank = [None] * info.world_size
-        if compiling:  # every rank's own compiles: ranks read different batches, so variants may differ
-            from fusionrec.pipeline.compiled import compile_stats
+    mine = cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan")
+    every = [None] * info.world_size
+    dist.all_gather_object(every, mine)
+    compiled_by_rank = [None] * info.world_size
+    if compiling:  # every rank's own compiles: ranks read different batches, so variants may differ
+        from fusionrec.pipeline.compiled import compile_stats
 
-            mine = {"at_warmup": prof_holder.get("compile_at_warmup"), "at_end": compile_stats(trainer.model, info.device)}
-            dist.all_gather_object(compiled_by_rank, mine)
-        if info.rank == 0:
-            w, n = args.warmup, args.steps
-            elapsed = stamps[w + n - 1] - stamps[w - 1]
-            gb = trainer.global_batch
-            result = {
-                "samples_per_s": n * gb / elapsed,
-                "elapsed_s": elapsed,
-                "steps": n,
-                "warmup": w,
-                "global_batch": gb,
-                "world_size": info.world_size,
-                "threads_per_rank": torch.get_num_threads(),
+        mine = {"at_warmup": prof_holder.get("compile_at_warmup"), "at_end": compile_stats(trainer.model, info.device)}
+        dist.all_gather_object(compiled_by_rank, mine)
+    if info.rank == 0:
+        w, n = args.warmup, args.steps
+        elapsed = stamps[w + n - 1] - stamps[w - 1]
+        gb = trainer.global_batch
+        result = {
+            "samples_per_s": n * gb / elapsed,
+            "elapsed_s": elapsed,
+            "steps": n,
+            "warmup": w,
+            "global_batch": gb,
+            "world_size": info.world_size,
+            "threads_per_rank": torch.get_num_threads(),
+        }
+        step_ms = sorted(1000 * (b - a) for a, b in zip(stamps[w - 1 : -1], stamps[w:]))
+        result["step_ms_median"] = step_ms[len(step_ms) // 2]
+        # From Trainer.run to the end of the first / the warm-up steps: pipeline fill, and the
+        # compiles under train.compile (compile time ~ this minus an eager run's).
+        result["first_step_s"] = stamps[0] - run_start
+        result["warmup_s"] = stamps[w - 1] - run_start
+        if compiling:
+            from torch._dynamo.utils import calculate_time_spent
+
+            result["compile"] = {
+                **compiled_by_rank[0],
+                "by_rank": compiled_by_rank,
+                "dynamo_time_s_rank0": {k: round(v, 2) for k, v in calculate_time_spent().items()},
             }
-            step_ms = sorted(1000 * (b - a) for a, b in zip(stamps[w - 1 : -1], stamps[w:]))
-            result["step_ms_median"] = step_ms[len(step_ms) // 2]
-            # From Trainer.run to the end of the first / the warm-up steps: pipeline fill, and the
-            # compiles under train.compile (compile time ~ this minus an eager run's).
-            result["first_step_s"] = stamps[0] - run_start
-            result["warmup_s"] = stamps[w - 1] - run_start
-            if compiling:
-                from torch._dynamo.utils import calculate_time_spent
-
-                result["compile"] = {
-                    **compiled_by_rank[0],
-                    "by_rank": compiled_by_rank,
-                    "dynamo_time_s_rank0": {k: round(v, 2) for k, v in calculate_time_spent().items()},
-                }
-            result["cpu_s_per_rank"] = every
-            result["cpu_ms_per_1k_samples"] = 1e6 * sum(every) / (n * gb)
-            log = Path(args.run_dir) / "train_log.jsonl"
-            recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-            recs = [r for r in recs if "samples_per_s" in r]
-            result["trainer_log_samples_per_s"] = [r["samples_per_s"] for r in recs if r["step"] > w]
-            if "prof" in prof_holder:
-                prof = prof_holder["prof"]
-                wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
-                result["breakdown_ms_per_step"] = breakdown(prof.events(), args.profile_steps, wall)
-                result["profile_steps"] = args.profile_steps
-                result["profile_top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
-                prof.export_chrome_trace(str(Path(args.run_dir) / "trace_rank0.json"))
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    finally:
-        shutdown()
-    return 0
+        result["cpu_s_per_rank"] = every
+        result["cpu_ms_per_1k_samples"] = 1e6 * sum(every) / (n * gb)
+        log = Path(args.run_dir) / "train_log.jsonl"
+        recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        recs = [r for r in recs if "samples_per_s" in r]
+        result["trainer_log_samples_per_s"] = [r["samples_per_s"] for r in recs if r["step"] > w]
+        if "prof" in prof_holder:
+            prof = prof_holder["prof"]
+            wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
+            result["breakdown_ms_per_step"] = breakdown(prof.events(), args.profile_steps, wall)
+            result["profile_steps"] = args.profile_steps
+            result["profile_top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+            prof.export_chrome_trace(str(Path(args.run_dir) / "trace_rank0.json"))
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- driver
@@ -311,6 +318,7 @@ def run_fusionrec(
     tag: str = "",
     mallopt: bool = False,
     cold_cache: bool = False,
+    worker_flags: tuple[str, ...] = (),
 ) -> dict:
     run_dir = REPO / "runs" / f"bench_{name}_fusionrec{tag}"
     if run_dir.exists():
@@ -357,6 +365,7 @@ def run_fusionrec(
         cmd += ["--mallopt"]
     if cold_cache:
         cmd += ["--cold-cache"]
+    cmd += list(worker_flags)
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"fusionrec run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -664,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-metrics", action="store_true")
     p.add_argument("--mallopt", action="store_true", help="worker: call job.keep_freed_memory() first (the real trainer does)")
     p.add_argument("--cold-cache", action="store_true", help="worker: an empty inductor cache per rank (cold compiles)")
+    p.add_argument("--tim-layers", action="store_true", help="worker: also compile DTRN's per-length TIM encoder layers")
     args = p.parse_args(argv)
     if args.render:
         notes = Path(args.notes).read_text() if args.notes else ""

@@ -14,17 +14,20 @@ What is compiled:
 * ``bottom``, whole: the shared bottom, or DTRN when its TIM runs the padded pass (every
   sequence at ``max_len``; the default off CPU).
 * DTRN whose TIM encodes each sequence at its own length (``per_length``; the default on CPU):
-  its hypernetwork, each encoder layer and its TRM. The length-bucket plan between them reads
-  the lengths on the host (``.tolist()``) and gathers a different number of rows per bucket in
-  every batch; compiled, that is a graph break per bucket, a resume function per break and a
-  recompile per bucket layout, past dynamo's recompile limit within a few batches. So the plan,
-  the gathers, the pooling and the scatter stay eager, and the encoder layers, whose inputs
-  [1, 1, N, L, D] change N and L every batch, are compiled with symbolic shapes from the start
-  (``dynamic: null``; ``dynamic: false`` forces static ones).
+  its hypernetwork and its TRM; TIM's encoding stays eager. Its length-bucket plan reads the
+  lengths on the host (``.tolist()``) and gathers a different number of rows per bucket in
+  every batch: compiled whole, that is a graph break per bucket and a recompile per bucket
+  layout, past dynamo's recompile limit within a few batches. Compiling only its encoder
+  layers (inputs [1, 1, N, L, D], N and L new every batch) with symbolic shapes was tried:
+  dynamo still specialises N = 1 and L = 1 (in the backward too, also with size-oblivious
+  shapes; unbacked sizes fail in the layer), so a layer reached 6 variants on
+  ``configs/bench_large.yaml``, three of them compiled mid-run, and the trainer ran at 0.23x
+  eager (benchmarks/results/compile.md).
 * ``fusion``, ``towers``, ``loss_fn``, whole.
 
 A module compiles at its first call, again for every variant of its guards (train / eval mode,
-grad / no-grad, a key mask or none, under autocast or not), and at most
+grad / no-grad, under autocast or not; a new batch size, such as an eval set's last batch:
+symbolic from then on under ``dynamic: null``), and at most
 ``torch._dynamo.config.recompile_limit`` times per code object, after which dynamo runs it
 eagerly. Under DistributedModelParallel the dense parameters sit in a DDP wrapper around the
 whole model; the compiled modules run inside DDP's forward, where dynamo's DDPOptimizer splits
@@ -37,7 +40,6 @@ the model is wrapped and before the first step.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import nn
@@ -66,23 +68,14 @@ def tim_runs_per_length(bottom: nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" if per_length is None else bool(per_length)
 
 
-def dense_modules(
-    model: MultiTaskModel, device: torch.device, dynamic: Optional[bool]
-) -> list[tuple[str, nn.Module, Optional[bool]]]:
-    """(name in the model, module, ``dynamic`` for it) of every module :func:`compile_dense`
-    compiles, in call order."""
-    out: list[tuple[str, nn.Module, Optional[bool]]] = []
+def dense_modules(model: MultiTaskModel, device: torch.device) -> list[tuple[str, nn.Module]]:
+    """(name in the model, module) of every module :func:`compile_dense` compiles, in call order."""
     bottom = model.bottom
     if tim_runs_per_length(bottom, device):
-        tim = bottom.tim
-        out.append(("bottom.tim.hyper", tim.hyper, dynamic))
-        layer_dynamic = True if dynamic is None else dynamic
-        out += [(f"bottom.tim.layers.{i}", layer, layer_dynamic) for i, layer in enumerate(tim.layers)]
-        out.append(("bottom.trm", bottom.trm, dynamic))
+        out = [("bottom.tim.hyper", bottom.tim.hyper), ("bottom.trm", bottom.trm)]
     else:
-        out.append(("bottom", bottom, dynamic))
-    out += [("fusion", model.fusion, dynamic), ("towers", model.towers, dynamic), ("loss_fn", model.loss_fn, dynamic)]
-    return out
+        out = [("bottom", bottom)]
+    return out + [("fusion", model.fusion), ("towers", model.towers), ("loss_fn", model.loss_fn)]
 
 
 def compile_dense(model: nn.Module, cfg: CompileConfig, device: torch.device) -> str:
@@ -95,11 +88,11 @@ def compile_dense(model: nn.Module, cfg: CompileConfig, device: torch.device) ->
         device: where the dense part runs (decides DTRN's per-length path).
     """
     inner = multitask_model(model)
-    modules = dense_modules(inner, device, cfg.dynamic)
+    modules = dense_modules(inner, device)
     mode = cfg.mode if cfg.backend == "inductor" else None
-    for _, module, dynamic in modules:
-        module.compile(backend=cfg.backend, mode=mode, dynamic=dynamic)
-    names = ", ".join(name for name, _, _ in modules)
+    for _, module in modules:
+        module.compile(backend=cfg.backend, mode=mode, dynamic=cfg.dynamic)
+    names = ", ".join(name for name, _ in modules)
     how = f"{cfg.backend}" + (f" mode={cfg.mode}" if mode else "") + f" dynamic={cfg.dynamic}"
     return f"torch.compile ({how}) of the dense part: {names}; embeddings and the pipeline stay eager"
 
@@ -108,13 +101,13 @@ def compile_stats(model: nn.Module, device: torch.device) -> dict:
     """What dynamo compiled in this process so far: ``frames`` (every compile, recompiles
     included), ``graphs`` (graphs handed to the backend), ``graph_breaks``, and per compiled
     module the number of compiled ``variants`` of its forward (one per guard set; modules of one
-    class, such as the encoder layers, share them). ``recompiles`` = Σ (variants − 1)."""
+    class would share them). ``recompiles`` = Σ (variants − 1)."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list  # noqa: PLC0415
     from torch._dynamo.utils import counters  # noqa: PLC0415
 
-    modules = dense_modules(multitask_model(model), device, None)
-    variants = {name: len(_debug_get_cache_entry_list(type(m).forward.__code__)) for name, m, _ in modules}
-    by_code = {type(m).forward.__code__: variants[name] for name, m, _ in modules}
+    modules = dense_modules(multitask_model(model), device)
+    variants = {name: len(_debug_get_cache_entry_list(type(m).forward.__code__)) for name, m in modules}
+    by_code = {type(m).forward.__code__: variants[name] for name, m in modules}
     return {
         "frames": int(counters["frames"]["ok"]),
         "graphs": int(counters["stats"]["unique_graphs"]),

@@ -87,8 +87,8 @@ class CompileConfig:
     backend: Literal["inductor", "aot_eager"] = "inductor"
     #: inductor's mode; max-autotune-no-cudagraphs also benchmarks GEMM choices while compiling (slower to compile)
     mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    #: null: static shapes first, symbolic once a shape changes (DTRN's per-length encoder layers:
-    #: symbolic at once); true: symbolic everywhere; false: a recompile per new shape
+    #: null: static shapes first, symbolic once a shape changes (an eval set's last batch);
+    #: true: symbolic from the start; false: a recompile per new shape
     dynamic: Optional[bool] = None
 
 
