@@ -37,10 +37,15 @@ class DataConfig:
     shuffle_buffer_rows: int = 0
     #: stop training when a bad-value counter passes this many events per row read, in [0, 1]; null: never
     max_bad_fraction: Optional[float] = None
+    #: stop training when a binary task's labels fall outside [0, 1] in more than this fraction of the
+    #: rows read, in [0, 1] (a label column that is not 0/1 is a config mistake, e.g. a rating); null: never
+    max_label_out_of_range_fraction: Optional[float] = 0.01
 
     def __post_init__(self) -> None:
-        if self.max_bad_fraction is not None and not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ValueError("max_bad_fraction must be in [0, 1]")
+        for key in ("max_bad_fraction", "max_label_out_of_range_fraction"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.num_workers < 0:

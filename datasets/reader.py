@@ -718,7 +718,8 @@ class ParquetReader(IterableDataset):
         return self._rows_read
 
     def first_files(self) -> dict[str, str]:
-        """Per bad-value counter that fired in this process: the file(s) of the first batch it fired in."""
+        """Per bad-value counter that fired in this process (``counter`` and ``counter/column``):
+        the file(s) of the first batch it fired in."""
         return dict(self._first_files)
 
     def _add_stats(self, stats: dict[str, int]) -> None:
@@ -731,8 +732,9 @@ class ParquetReader(IterableDataset):
         if batch.stats:
             self._add_stats(batch.stats)
             for key, value in batch.stats.items():
-                if value:
+                if value:  # per counter, and per counter/column
                     self._first_files.setdefault(key.split("/", 1)[0], batch.source or "?")
+                    self._first_files.setdefault(key, batch.source or "?")
 
     def _pass_started(self) -> None:
         if self._pass.rows_dropped:

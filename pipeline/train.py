@@ -394,6 +394,7 @@ class Trainer:
         elif line is not None:
             self.bar.say(line)
         data_health.check_bad_fraction(totals, self.cfg.data.max_bad_fraction, self.reader)
+        data_health.check_label_range(totals, self.cfg.data.max_label_out_of_range_fraction, self.reader)
 
     def evaluate_and_decide(self, pipeline: TrainPipelineSparseDist) -> bool:
         """Evaluate at this step, log it, and say whether early stopping ends the run."""

@@ -253,6 +253,29 @@ def test_bad_data_is_on_the_console_and_stops_past_max_bad_fraction(logs, tmp_pa
 # ----------------------------------------------------------------------------- names and one-line errors
 
 
+def test_a_binary_task_on_a_column_that_is_not_0_or_1_stops_at_the_first_log_line(logs, tmp_path, capsys):
+    """hour_of_day (a standardised dense value) declared a binary task: its labels are clipped in
+    most rows, a config mistake, which the default data.max_label_out_of_range_fraction (1%) stops."""
+    dense = "features.dense=[user_age, item_price, user_activity]"
+    tasks = ["--set", "tasks=[{name: click}, {name: hour_of_day}]", "--set", dense]
+    assert train_main(logs, tmp_path / "run", 4, *tasks) == 2
+    line = one_error_line(capsys)
+    assert "task 'hour_of_day' is binary but its label column 'hour_of_day' is outside [0, 1] in" in line, line
+    assert re.search(r"values seen in \S+\.parquet: \d+ distinct, from -[\d.]+ to [\d.]+;", line), line
+    assert "declare it type: regression" in line and "(data.max_label_out_of_range_fraction 0.01)" in line
+    assert not list((tmp_path / "run").glob("checkpoints/step_*"))  # stopped at step 2, before any save
+    # As a regression task it trains; the bound can also be lifted for a binary one.
+    regression = ["--set", "tasks=[{name: click}, {name: hour_of_day, type: regression}]", tasks[2], tasks[3]]
+    assert train_main(logs, tmp_path / "regression", 2, *regression) == 0
+    capsys.readouterr()
+    lifted = [*tasks, "--set", "data.max_label_out_of_range_fraction=null"]
+    assert train_main(logs, tmp_path / "lifted", 2, *lifted) == 0
+    final = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("data (")][-1]
+    # At the end the bad values come first, the expected counters apart.
+    assert re.match(r"data \(\d[\d,]* rows read, all ranks\): label_out_of_range_clipped=[\d,]+ \(0\.\d+/row\)", final), final
+    assert "; expected: " in final and final.index("ids_truncated") > final.index("; expected: "), final
+
+
 def test_regression_mse_is_the_mean_squared_error():
     schema = Schema(FeatureSchema(tables=[TableConfig("t", 10, 4)], sparse=[SparseFeature("a", "t")]),
                     [TaskConfig("score", "regression")])  # fmt: skip
