@@ -554,6 +554,9 @@ class BlockConverter:
                 weights = weights[valid]
         values, negative, over = self._map(flat, n_emb, feature.table in self.mc_tables)
         self._count_wrapped(name, negative, over, offsets, count)
+        if isinstance(feature, SequenceFeature) and feature.order == "newest_first" and len(values):
+            rows, pos = _positions(lengths)  # each row reversed: oldest → newest, as the model reads it
+            values = values[offsets[:-1][rows] + lengths[rows] - 1 - pos]
         max_len = feature.max_len
         if max_len is not None and n and lengths.max() > max_len:
             kept = np.minimum(lengths, max_len)

@@ -101,13 +101,16 @@ class SparseFeature:
 
 @dataclass
 class SequenceFeature:
-    """A behaviour sequence: column ``name`` holds a list<int64> ordered oldest → newest;
-    the ``max_len`` most recent ids are kept. ``behavior`` tags its type (click, buy, …)."""
+    """A behaviour sequence: column ``name`` holds a list<int64> in the order ``order`` says
+    (oldest → newest by default); the model sees it oldest → newest, the ``max_len`` most
+    recent ids kept. ``behavior`` tags its type (click, buy, …)."""
 
-    name: str  #: the list<int64> column, oldest id first
+    name: str  #: the list<int64> column
     table: str  #: the embedding table it looks up (a name in features.tables)
     behavior: str  #: the behaviour type (click, buy, ...) that conditions DTRN
     max_len: int  #: keep the max_len most recent ids (>= 1)
+    #: how the column's lists are written: oldest_first (most recent id last) or newest_first (reversed on read)
+    order: Literal["oldest_first", "newest_first"] = "oldest_first"
 
     def __post_init__(self) -> None:
         if self.max_len < 1:

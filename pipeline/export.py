@@ -251,7 +251,8 @@ def feature_pipeline(schema: Schema) -> dict:
                 "kind": "sequence" if is_seq else ("id_list" if feature.multi_valued else "id"),
             }
             if is_seq:
-                entry.update(behavior=feature.behavior, max_len=feature.max_len, keep="the most recent max_len ids, oldest first")
+                entry.update(behavior=feature.behavior, max_len=feature.max_len, order=feature.order,
+                             keep="the most recent max_len ids, fed to the model oldest first")
             else:
                 entry.update(pooling=feature.pooling, pooled_in=("EmbeddingBagCollection" if feature.table in bag else "model"))
                 if feature.multi_valued:

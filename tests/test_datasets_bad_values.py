@@ -135,6 +135,21 @@ def test_ids_nulls_empty_lists_negative_out_of_range_truncation(tmp_path):
     }
 
 
+def test_a_newest_first_sequence_reads_as_the_same_oldest_first_one(tmp_path):
+    """order: newest_first reverses each list on read; truncation then keeps the most recent."""
+    oldest_first = [[1, 2, 3, 4, 5], [], [7], [8, 9]]
+    batches = []
+    for order, lists in (("oldest_first", oldest_first), ("newest_first", [row[::-1] for row in oldest_first])):
+        schema = ids_schema(sequences=[SequenceFeature("seq", "s", behavior="click", max_len=3, order=order)])
+        table = pa.table({"seq": pa.array(lists, pa.list_(pa.int64())), "y": pa.array([0.0] * 4)})
+        (tmp_path / order).mkdir()
+        batches.append(read_one(tmp_path / order, table, schema))
+    for batch, stats in batches:
+        seq = batch.sequence["seq"]
+        assert seq.lengths().tolist() == [3, 0, 1, 2] and seq.values().tolist() == [3, 4, 5, 7, 8, 9]
+        assert stats == {"ids_truncated/seq": 2, "empty_lists/seq": 1}
+
+
 def test_string_ids_are_hashed_stably(tmp_path):
     schema = ids_schema(
         sparse=[SparseFeature("city", "s"), SparseFeature("tags", "s", multi_valued=True)],
