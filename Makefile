@@ -44,7 +44,7 @@ $(DEMO_DATA)/.done: $(STAMP) $(DEMO_CONFIG)
 demo: $(DEMO_DATA)/.done
 	rm -rf $(DEMO_RUN)
 	$(BIN)/torchrun --nproc_per_node $(NPROC) --standalone -m fusionrec.pipeline.train --config $(DEMO_CONFIG) \
-		--train-data $(DEMO_DATA)/train --eval-data $(DEMO_DATA)/eval --run-dir $(DEMO_RUN)
+		--train-data $(DEMO_DATA)/train --run-dir $(DEMO_RUN)
 	$(BIN)/python -m fusionrec.pipeline.evaluate --config $(DEMO_CONFIG) --checkpoint $(DEMO_RUN) \
 		--data '$(DEMO_DATA)/eval/*.parquet' --out $(DEMO_RUN)/eval.json
 

@@ -195,7 +195,7 @@ def latency_worker(args) -> None:
     models = {}
     for q in ("none", "int8"):
         started = time.perf_counter()
-        models[f"export-{q}"] = artifact.load_model(exports[q])
+        models[f"export-{q}"] = artifact.load_model(exports[q])[0]
         load_s[f"export-{q}"] = time.perf_counter() - started
     names = [i["name"] for i in artifact.read_manifest(exports["none"])["inputs"]]
     files = resolve_paths(str(Path(args.data) / "eval"))

@@ -30,6 +30,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
         print("usage: fusionrec {" + ",".join(COMMANDS) + "} [options]\n", file=sys.stderr)
         for name, (_, help_text) in COMMANDS.items():
             print(f"  {name:<10} {help_text}", file=sys.stderr)

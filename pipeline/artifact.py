@@ -82,12 +82,55 @@ def manifest_schema(manifest: dict) -> Schema:
         raise UserError(f"{MANIFEST}: schema: {err}") from None
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, dict]:
     """``torch.jit.load`` the exported model (FBGEMM's operators are registered by importing
-    ``fbgemm_gpu``, which torchrec's import has done in fusionrec's processes)."""
+    ``fbgemm_gpu``, which torchrec's import has done in fusionrec's processes); returns the
+    model and its manifest.
+
+    The manifest that counts is the copy the model file carries (written into ``model.pt`` at
+    export): ``manifest.json`` beside it is for people and servers to read, and a copy that
+    differs from it (edited, or from another export) stops here, naming the first field that
+    differs, instead of feeding the model by rules it was not exported with. A truncated or
+    corrupt model file is one line naming it."""
     import fbgemm_gpu  # noqa: F401, PLC0415  (registers torch.ops.fbgemm.*)
 
-    manifest = read_manifest(directory)
-    model = torch.jit.load(str(Path(directory) / manifest["file"]), map_location=device)
+    loose = read_manifest(directory)
+    path = Path(directory) / loose["file"]
+    extra = {MANIFEST: ""}
+    try:
+        model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except (RuntimeError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a loadable TorchScript model ({first}); re-export it") from None
+    if not extra[MANIFEST]:
+        raise UserError(f"{path}: carries no manifest of its own (not written by fusionrec's export); re-export it")
+    embedded = json.loads(extra[MANIFEST])
+    where = first_difference(embedded, loose)
+    if where is not None:
+        raise UserError(
+            f"{Path(directory) / MANIFEST} differs from the manifest inside {path} at {where}: the model file's copy "
+            f"is the one it was exported with; restore {MANIFEST} or re-export"
+        )
     model.eval()
-    return model
+    return model, embedded
+
+
+def first_difference(a: object, b: object, path: str = "") -> str | None:
+    """The first key path (``features.3.max_len``) where the JSON values ``a`` and ``b`` differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                return f"{path}{key} ({'missing from the model' if key not in a else 'missing from the file'})"
+            found = first_difference(a[key], b[key], f"{path}{key}.")
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path.rstrip('.')} ({len(a)} entries in the model, {len(b)} in the file)"
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{path}{i}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else f"{path.rstrip('.')} (model {a!r}, file {b!r})"

@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -160,7 +161,13 @@ def compile_inference_model(
     graph_module.recompile()
     names = [n.target for n in graph_module.graph.nodes if n.op == "placeholder"]
     graph_module.head = traced_head
-    scripted = torch.jit.script(graph_module)
+    with warnings.catch_warnings():
+        # TorchRec's and torch's own annotations make TorchScript warn on every export (dtype
+        # constraints of Tensor subtypes not enforced; instance-level annotations of empty
+        # containers): nothing a user can act on, and the inputs' dtypes are the manifest's.
+        warnings.filterwarnings("ignore", message="TorchScript will treat type annotations of Tensor")
+        warnings.filterwarnings("ignore", message="The TorchScript type system doesn't support instance-level")
+        scripted = torch.jit.script(graph_module)
     scripted.eval()
     return scripted, names, wrapper
 
@@ -342,17 +349,23 @@ def export(cfg: ExperimentConfig, checkpoint: Path, out: Path, quantize: str, ba
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
+    blocking = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out}: exists and is not empty (pass --force to replace it)")
     started = time.perf_counter()
     out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
     # Everything is written under a hidden sibling and renamed to ``out`` only when complete:
     # an export killed at any point leaves ``out`` as it was.
     tmp = out.parent / f"{TMP_PREFIX}{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from None
     try:
         (tmp / artifact.CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         manifest = _export_into(tmp, cfg, checkpoint, quantize, batch_size, config_path)
@@ -436,6 +449,8 @@ def _export_into(tmp: Path, cfg: ExperimentConfig, checkpoint: Path, quantize: s
         # For fusionrec.pipeline.predict's reader (the config's features: and tasks:); a
         # serving system reads "inputs" and "features" instead.
         "schema": {"features": to_dict(schema.features), "tasks": to_dict(schema.tasks)},
+        # Per id feature, the kind of ids it was trained on: predict refuses logs of the other kind.
+        "id_types": meta.get("id_types"),
     }
 
     text = json.dumps(manifest, indent=2) + "\n"
@@ -473,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export(cfg, checkpoint, Path(args.out), args.quantize, args.batch_size, args.force, args.config)
         mib = 1 << 20
         say(f"exported {manifest['source']['model']} @ step {manifest['source']['step']} to {args.out} "
-            f"in {manifest['seconds']:.1f} s: {manifest['format']}, tables {manifest['quantize']} "
+            f"in {manifest['seconds']:.1f} s: {manifest['format']}, tables {manifest['table_dtype']} "
             f"{manifest['embedding_bytes'] / mib:.2f} MiB (fp32 {manifest['fp32_embedding_bytes'] / mib:.2f} MiB), "
             f"dense {manifest['dense_bytes'] / mib:.2f} MiB; max |export - eager| on the example batch "
             f"{manifest['example_max_abs_diff_vs_eager']:.2g}")

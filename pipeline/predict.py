@@ -26,11 +26,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
+from fusionrec.datasets.convert import INFORMATIONAL_COUNTERS
 from fusionrec.datasets.paths import open_parquet
 from fusionrec.datasets.reader import ParquetReader, _split, make_loader, next_worker, resolve_paths
 from fusionrec.datasets.schema import Schema
 from fusionrec.errors import UserError, exit_on_user_error
 from fusionrec.pipeline import artifact
+from fusionrec.pipeline.binding import check_id_types
 from fusionrec.pipeline.logs import ProgressBar, quiet_third_party, say
 from fusionrec.pipeline.predictions import PredictionWriter
 
@@ -77,6 +79,22 @@ def has_labels(path: str, schema: Schema) -> bool:
     return any(task in names for task in schema.task_names)
 
 
+def check_writable(out: Path) -> None:
+    """Stop, naming ``--out``, unless a file can be written there (its parent made if need be)."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; name the Parquet file to write")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file, not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".tmp-{out.name}-{os.getpid()}-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
 @torch.no_grad()
 def predict(model_dir: str, data: str, out: Path, batch_size: int, num_workers: int, progress: bool = True) -> dict:
     """Score every row of ``data`` with the model in ``model_dir`` and write ``out``.
@@ -86,19 +104,21 @@ def predict(model_dir: str, data: str, out: Path, batch_size: int, num_workers: 
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     if num_workers < 0:
         raise UserError(f"--num-workers {num_workers}: must be >= 0")
-    manifest = artifact.read_manifest(model_dir)
+    out = Path(out).absolute()
+    check_writable(out)  # before any work
+    model, manifest = artifact.load_model(model_dir)
     schema = artifact.manifest_schema(manifest)
     names = [i["name"] for i in manifest["inputs"]]
-    model = artifact.load_model(model_dir)
     files = resolve_paths(data)
     labels = has_labels(files[0], schema)
     reader = ParquetReader(files, schema, batch_size, drop_last=False, num_workers=num_workers, labels=labels)
+    # String ids where the model was trained on integer ones (or the reverse) would be scored
+    # against rows they were never trained on.
+    check_id_types(f"the model in {model_dir}", manifest.get("id_types"), reader.id_types(), reader.paths[0])
     shares = max(1, num_workers)
     counts = [b - a for a, b in (_split(reader.num_batches, shares, i) for i in range(shares))]
     firsts = [reader.first_row + _split(reader.num_batches, shares, i)[0] * batch_size for i in range(shares)]
 
-    out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -149,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"scored {result['rows']} rows in {result['seconds']:.1f} s ({result['rows_per_s']:,.0f} rows/s); "
             f"wrote {args.out}")
         stats = {k: v for k, v in result["data_stats"].items() if v}
-        if stats:
-            say("bad values: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
+        bad = {k: v for k, v in stats.items() if k not in INFORMATIONAL_COUNTERS}
+        expected = {k: v for k, v in stats.items() if k in INFORMATIONAL_COUNTERS}
+        for title, counters in (("bad values", bad), ("expected", expected)):
+            if counters:
+                say(f"{title}: " + ", ".join(f"{k}={v:,}" for k, v in sorted(counters.items())))
     return 0
 
 

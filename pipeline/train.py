@@ -164,6 +164,9 @@ class Trainer:
             eval_batch = cfg.eval.batch_size or cfg.data.batch_size
             self.eval_reader = job.make_reader(cfg, cfg.data.eval, info, eval_batch, train=False)
             job.check_same_id_types(cfg, self.reader, self.eval_reader)
+        elif cfg.data.eval is not None:
+            say(f"note: data.eval {cfg.data.eval!r} is not read: train.eval_every_n_steps is 0 (score checkpoints "
+                "with fusionrec.pipeline.evaluate, or set it)", enabled=self.main)
 
         built = job.build_sharded_model(cfg, info, cfg.train.sparse_optimizer)
         self.model, self.plan_rows = built.model, built.plan_rows

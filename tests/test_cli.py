@@ -17,3 +17,9 @@ def test_dispatches_to_module_help(capsys):
         cli.main(["evaluate", "--help"])
     assert exit_info.value.code == 0
     assert "--checkpoint" in capsys.readouterr().out
+
+
+def test_an_unknown_command_is_named(capsys):
+    assert cli.main(["bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: unknown command 'bogus'" and "export" in err and "predict" in err

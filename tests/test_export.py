@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -284,3 +285,64 @@ def test_a_libtorch_program_loads_the_export(served, tmp_path):
         proc = run([str(build / "serve_export"), str(Path(fbgemm_gpu.__file__).parent), str(served["exports"][q]), "3"])
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["max_abs_diff"] == 0 and result["output_shape"] == [64, 3] and result["manifest_bytes"] > 1000
+
+
+def _one_line_exit_2(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=180)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_predict_refuses_what_the_model_was_not_exported_for(served, tmp_path):
+    """Wrong input at the serving side is one line and exit 2, never scored quietly: ids of
+    another type, a manifest.json that is not the model's own, a truncated model file."""
+    model = served["exports"]["none"]
+    eval_file = sorted((served["logs"] / "eval").glob("*.parquet"))[0]
+    out = str(tmp_path / "p.parquet")
+
+    # 1. String ids for a feature trained on integer ids.
+    table = pq.read_table(eval_file)
+    strings = table.set_column(table.schema.get_field_index("user_id"), "user_id",
+                               table.column("user_id").cast(pa.string()))  # fmt: skip
+    pq.write_table(strings, tmp_path / "strings.parquet")
+    line = _one_line_exit_2([*PREDICT, "--model", str(model), "--data", str(tmp_path / "strings.parquet"), "--out", out])
+    assert f"the model in {model}: feature 'user_id': trained on integer ids" in line and "has string ids" in line, line
+
+    # 2. A manifest.json edited after the export (a table 100x larger): the model's own copy rules.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(model, tampered)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    table0 = manifest["schema"]["features"]["tables"][0]
+    table0["num_embeddings"] *= 100
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    line = _one_line_exit_2([*PREDICT, "--model", str(tampered), "--data", str(eval_file), "--out", out])
+    assert f"{tampered / 'manifest.json'} differs from the manifest inside {tampered / 'model.pt'}" in line, line
+    assert f"schema.features.tables.0.num_embeddings (model {table0['num_embeddings'] // 100}" in line, line
+
+    # 3. A truncated model file names itself.
+    truncated = tmp_path / "truncated"
+    shutil.copytree(model, truncated)
+    data = (truncated / "model.pt").read_bytes()
+    (truncated / "model.pt").write_bytes(data[: len(data) // 2])
+    line = _one_line_exit_2([*PREDICT, "--model", str(truncated), "--data", str(eval_file), "--out", out])
+    assert f"{truncated / 'model.pt'}: not a loadable TorchScript model" in line, line
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_unwritable_out_is_one_line_before_any_work(served, tmp_path):
+    model, ckpt = str(served["exports"]["none"]), str(served["root"] / "run")
+    eval_glob = str(served["logs"] / "eval" / "*.parquet")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_dir").mkdir()
+    line = _one_line_exit_2([*PREDICT, "--model", model, "--data", eval_glob, "--out", str(tmp_path / "a_file" / "p.parquet")])
+    assert line == f"error: --out {tmp_path / 'a_file' / 'p.parquet'}: {tmp_path / 'a_file'} is a file, not a directory"
+    started = time.monotonic()
+    line = _one_line_exit_2([*PREDICT, "--model", model, "--data", eval_glob, "--out", str(tmp_path / "a_dir")])
+    assert line == f"error: --out {tmp_path / 'a_dir'}: is a directory; name the Parquet file to write"
+    assert time.monotonic() - started < 60  # refused before loading the model and scoring
+    line = _one_line_exit_2([*EXPORT, "--checkpoint", ckpt, "--out", str(tmp_path / "a_file" / "export")])
+    assert line == f"error: --out {tmp_path / 'a_file' / 'export'}: {tmp_path / 'a_file'} is a file, not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]  # no .tmp- leftovers
+    assert list((tmp_path / "a_dir").iterdir()) == []

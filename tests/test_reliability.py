@@ -276,6 +276,14 @@ def test_a_binary_task_on_a_column_that_is_not_0_or_1_stops_at_the_first_log_lin
     assert "; expected: " in final and final.index("ids_truncated") > final.index("; expected: "), final
 
 
+def test_eval_data_that_periodic_evaluation_does_not_read_is_said_to_be_unused(logs, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"not parquet")
+    assert train_main(logs, tmp_path / "run", 2, "--eval-data", str(corrupt)) == 0  # eval_every_n_steps is 0
+    out = capsys.readouterr().out
+    assert f"note: data.eval {str(corrupt)!r} is not read: train.eval_every_n_steps is 0" in out, out
+
+
 def test_regression_mse_is_the_mean_squared_error():
     schema = Schema(FeatureSchema(tables=[TableConfig("t", 10, 4)], sparse=[SparseFeature("a", "t")]),
                     [TaskConfig("score", "regression")])  # fmt: skip
