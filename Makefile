@@ -4,6 +4,8 @@
 #   make test                      the test suite
 #   make lint                      ruff over the code
 #   make docs                      regenerate the config reference in docs/config.md
+#   make image [DEVICE=cpu]        build the image (docker, else buildah on a local Debian base)
+#   make image-smoke               train / evaluate / export / predict inside the built image
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DEVICE ?= cpu
@@ -21,7 +23,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX ?=
 PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup demo test lint docs clean
+.PHONY: setup demo test lint docs clean image image-smoke
 
 setup: $(STAMP)
 
@@ -60,3 +62,11 @@ docs: setup
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache
+
+IMAGE ?= fusionrec:$(DEVICE)
+
+image:
+	DEVICE=$(DEVICE) IMAGE=$(IMAGE) sh docker/build.sh
+
+image-smoke: setup
+	IMAGE=$(IMAGE) PYTHON=$(abspath $(BIN)/python) sh docker/smoke.sh

@@ -20,6 +20,8 @@
 #   RDZV_ID         job id, the same on every node (default: SLURM_JOB_ID, else "fusionrec")
 #   MAX_RESTARTS    torchrun --max-restarts (default 0)
 #   RDZV_JOIN_TIMEOUT  seconds to wait for every node to join (default: torchrun's)
+#   LOCAL_ADDR      the address this node advertises to the others (torchrun --local-addr;
+#                   default: torchrun looks up this host's name, which must then resolve)
 #
 # When a plain name is unset, the variables set by Kubeflow's training operator (PET_NNODES,
 # PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR, PET_MASTER_PORT, and the pod-level RANK)
@@ -44,6 +46,9 @@ if [ "${1:-}" = -m ] && [ "${2:-}" = fusionrec.pipeline.train ]; then
     launch="fusionrec train"
 else
     launch=torchrun
+fi
+if [ -n "${LOCAL_ADDR:-}" ]; then
+    set -- --local-addr "$LOCAL_ADDR" "$@"
 fi
 
 if [ -z "$master_addr" ]; then

@@ -35,6 +35,7 @@ TORCHRUN_OPTIONS = {  # option -> takes a value
     "--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-backend": True,
     "--rdzv-endpoint": True, "--rdzv-id": True, "--rdzv-conf": True, "--max-restarts": True,
     "--master-addr": True, "--master-port": True, "--monitor-interval": True, "--signals-to-handle": True,
+    "--local-addr": True,
     "--standalone": False,
 }  # fmt: skip
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

@@ -12,6 +12,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import tomllib
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -117,11 +119,12 @@ def test_dockerfile_installs_from_the_requirements_files_and_restates_no_version
     assert not re.search(r"\b(torch|fbgemm[\w\-]*|torchrec)\s+\d+\.\d+", text), "a stack version is restated"
     assert "COPY requirements/ requirements/" in steps
     install = next(s for s in steps if "pip install" in s and "requirements/" in s)
-    assert re.search(r'pip install "\$@" -r "requirements/\$\{DEVICE\}\.txt"', install)
-    assert "pip install --no-deps -r requirements/torchrec.txt" in install
+    assert re.search(r'pip install \$\{PIP_EXTRA_ARGS\} "\$@" -r "requirements/\$\{DEVICE\}\.txt"', install)
+    assert "pip install ${PIP_EXTRA_ARGS} --no-deps -r requirements/torchrec.txt" in install
+    assert 'ARG PIP_EXTRA_ARGS=""' in steps  # empty by default: a normal docker build is unchanged
     # DEVICE defaults to cuda, and every DEVICE the image accepts has a requirements file.
     assert "ARG DEVICE=cuda" in steps
-    accepted = re.findall(r"(\w+)\) set --", install)
+    accepted = re.findall(r"(\w+)\) (?:set --|if )", install)
     assert sorted(accepted) == ["cpu", "cuda"]
     for device in accepted:
         assert (REPO / f"requirements/{device}.txt").is_file()
@@ -160,6 +163,52 @@ def test_dockerignore_keeps_what_the_image_copies_and_drops_the_rest():
                 assert src.rstrip("/") in kept, f"{src} is copied by the Dockerfile but excluded by .dockerignore"
     for heavy in (".venv", "data", "runs", ".git", "tests"):
         assert heavy not in kept
+
+
+def copy_sources() -> list[str]:
+    """The build-context paths the Dockerfile's COPY steps read (not COPY --from)."""
+    out = []
+    for step in instructions(DOCKERFILE):
+        if step.startswith("COPY ") and "--from" not in step:
+            out += [a for a in shlex.split(step)[1:-1] if not a.startswith("--")]
+    return out
+
+
+def test_every_copy_source_exists():
+    """The Dockerfile once copied fusionrec/ long after that folder had moved to core/."""
+    missing = [src for src in copy_sources() if not (REPO / src).exists()]
+    assert not missing, f"the Dockerfile copies what the repository does not hold: {missing}"
+
+
+def test_the_image_copies_exactly_the_packages_pyproject_maps():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    mapped = set(config["tool"]["setuptools"]["package-dir"].values())
+    copied = {src.rstrip("/") for src in copy_sources() if (REPO / src).is_dir()}
+    assert mapped == copied - {"requirements", "configs"}, (mapped, copied)
+
+
+@pytest.mark.slow
+def test_a_wheel_of_only_what_the_image_copies_imports_every_job(tmp_path):
+    context = tmp_path / "context"
+    for src in copy_sources():
+        target = context / src
+        if (REPO / src).is_dir():
+            shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / src, target)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                    str(wheels), str(context)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = wheels.glob("fusionrec-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    jobs = ["train", "evaluate", "export", "predict", "plan", "launch"]
+    code = "; ".join(f"import fusionrec.pipeline.{j}" for j in jobs) + "; import fusionrec; print(fusionrec.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().startswith(str(site)), proc.stdout  # not the checkout's editable install
 
 
 # -- the entrypoint --------------------------------------------------------------------------
@@ -242,6 +291,15 @@ def test_entrypoint_runs_standalone_on_one_node_and_defaults_nproc_by_device(fak
     assert get_args_parser().parse_args(argv).nproc_per_node == "1"
     _, argv = run_entrypoint(fake_bin, {"FUSIONREC_DEVICE": "cpu", "NPROC_PER_NODE": "2"}, TRAIN)
     assert get_args_parser().parse_args(argv).nproc_per_node == "2"
+
+
+def test_entrypoint_passes_local_addr_to_torchrun(fake_bin):
+    """LOCAL_ADDR: the address the node advertises, where its hostname does not resolve (a chroot)."""
+    for env in ({"LOCAL_ADDR": "127.0.0.1"}, {"LOCAL_ADDR": "10.0.0.7", "MASTER_ADDR": "node0", "NNODES": "2"}):
+        proc, argv = run_entrypoint(fake_bin, env, TRAIN)
+        assert proc.returncode == 0, proc.stderr
+        args = get_args_parser().parse_args(argv)
+        assert args.local_addr == env["LOCAL_ADDR"] and args.training_script == "fusionrec.pipeline.train", argv
 
 
 def test_entrypoint_refuses_multinode_without_master_addr(fake_bin):
