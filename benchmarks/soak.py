@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.runinfo import load_average, run_info  # noqa: E402
+from benchmarks.throughput import free_port  # noqa: E402
 
 CONFIG = str(REPO / "configs/demo.yaml")
 KINDS = ("train", "resume", "evaluate-torchrun", "evaluate-1p", "sigterm", "sigterm-resume", "launcher")
@@ -62,12 +62,6 @@ ENDED = {
     "launcher": "done: ",
 }
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env() -> dict[str, str]:

@@ -42,7 +42,7 @@ from fusionrec.errors import UserError, exit_on_user_error
 from fusionrec.models import MultiTaskModel, build_model
 from fusionrec.models.inference import DenseHead, InferenceModel
 from fusionrec.pipeline import artifact
-from fusionrec.pipeline.cli_common import add_common_args
+from fusionrec.pipeline.cli_common import add_common_args, refuse_file_in_the_way
 from fusionrec.pipeline.config import ExperimentConfig
 from fusionrec.pipeline.job import check_checkpoint_binding, load_job_config, load_model_weights, resolve_checkpoint
 from fusionrec.pipeline.logs import quiet_third_party, say
@@ -349,9 +349,7 @@ def export(cfg: ExperimentConfig, checkpoint: Path, out: Path, quantize: str, ba
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    blocking = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise UserError(f"--out {out}: {blocking} is a file, not a directory")
+    refuse_file_in_the_way(out)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out}: exists and is not empty (pass --force to replace it)")
     started = time.perf_counter()

@@ -33,6 +33,8 @@ from fusionrec.datasets.schema import Schema
 from fusionrec.errors import UserError, exit_on_user_error
 from fusionrec.pipeline import artifact
 from fusionrec.pipeline.binding import check_id_types
+from fusionrec.pipeline.cli_common import refuse_file_in_the_way
+from fusionrec.pipeline.data_health import bad_counters
 from fusionrec.pipeline.logs import ProgressBar, quiet_third_party, say
 from fusionrec.pipeline.predictions import PredictionWriter
 
@@ -83,9 +85,7 @@ def check_writable(out: Path) -> None:
     """Stop, naming ``--out``, unless a file can be written there (its parent made if need be)."""
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; name the Parquet file to write")
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise UserError(f"--out {out}: {blocking} is a file, not a directory")
+    refuse_file_in_the_way(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.parent / f".tmp-{out.name}-{os.getpid()}-probe"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"scored {result['rows']} rows in {result['seconds']:.1f} s ({result['rows_per_s']:,.0f} rows/s); "
             f"wrote {args.out}")
         stats = {k: v for k, v in result["data_stats"].items() if v}
-        bad = {k: v for k, v in stats.items() if k not in INFORMATIONAL_COUNTERS}
+        bad = bad_counters(stats)
         expected = {k: v for k, v in stats.items() if k in INFORMATIONAL_COUNTERS}
         for title, counters in (("bad values", bad), ("expected", expected)):
             if counters:

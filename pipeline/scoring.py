@@ -70,7 +70,7 @@ class _FusionAverage:
         self.rows += n
 
     def compute(self, device: torch.device) -> Optional[list[dict]]:
-        if self.labels is None or self.sums is None:
+        if self.sums is None:
             return None
         rows = float(all_reduce(torch.tensor([self.rows], dtype=torch.float64, device=device)).item())
         out = []
