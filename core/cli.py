@@ -24,6 +24,7 @@ COMMANDS = {
     "export": ("fusionrec.pipeline.export", "export a checkpoint as TorchScript with fp32/fp16/int8 tables"),
     "predict": ("fusionrec.pipeline.predict", "score Parquet logs with an exported model alone"),
     "census": ("fusionrec.datasets.census", "convert the UCI Census-Income (KDD) file to Parquet logs"),
+    "movielens": ("fusionrec.datasets.movielens", "convert MovieLens-100k (from the recbole wheel) to time-split Parquet logs"),
 }
 
 

@@ -8,7 +8,7 @@ from fusionrec import cli
 def test_lists_commands_without_arguments(capsys):
     assert cli.main([]) == 2
     err = capsys.readouterr().err
-    for name in ("generate", "train", "evaluate", "plan", "census"):
+    for name in ("generate", "train", "evaluate", "plan", "census", "movielens"):
         assert name in err
 
 

@@ -204,7 +204,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     code, err = run_main(["--wheel", str(empty), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "ml-100k.inter" in err and len(err.splitlines()) == 1
 
-    renamed = write_zip(tmp_path / "renamed.zip", [(1, 1, 4, 1)], inter_header="user_id:token\titem:token\trating:float\ttimestamp:float")
+    renamed = write_zip(tmp_path / "renamed.zip", [(1, 1, 4, 1)],
+                        inter_header="user_id:token\titem:token\trating:float\ttimestamp:float")
     code, err = run_main(["--wheel", str(renamed), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "'item_id'" in err and len(err.splitlines()) == 1
 
@@ -233,3 +234,12 @@ def test_download_uses_the_cached_wheel_without_pip(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         download_wheel(tmp_path / "file")
+
+
+def test_the_fusionrec_command_dispatches_to_the_converter(capsys):
+    from fusionrec import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["movielens", "--help"])
+    assert exit_info.value.code == 0
+    assert "--wheel" in capsys.readouterr().out
