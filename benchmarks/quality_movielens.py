@@ -24,7 +24,8 @@ ratings in time order, tasks ``like`` (rating ≥ 4) and ``love`` (rating = 5).
   - ``logreg``: logistic regression on one-hot user and item ids (``b + w_u + w_i``), trained
     on the train split by full-batch L-BFGS (torch), its L2 weight picked from ``L2S`` on valid.
   Deterministic: their interval is a bootstrap over test rows (``--bootstrap`` replicates).
-* ``cost``: train steps of the three bottoms under AdaTT, ``--rounds`` alternating rounds (the
+* ``cost``: train steps of the three bottoms under AdaTT (and DTRN without its sequences, i.e.
+  without TIM, to show what TIM costs), ``--rounds`` alternating rounds (the
   order rotates every round) of ``--steps`` steps each, samples/s read from the trainer's own
   log, with the 1-minute load average of every round.
 * ``report``: ``benchmarks/results/quality_movielens.{json,md}``; means ± 95 % t-intervals over
@@ -311,13 +312,18 @@ def cmd_cost(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = data()
-    bottoms = list(BOTTOMS)
+    bottoms = [*BOTTOMS, "dtrn_senet_no_tim"]
     rounds = []
     with process_group("cpu") as info:
         for r in range(args.rounds):
             order = bottoms[r % len(bottoms):] + bottoms[: r % len(bottoms)]
             for bottom in order:
-                over = overrides_for("adatt", bottom, 0, paths) + [
+                # dtrn_senet_no_tim: the same DTRN without behaviour sequences (TRM only), so the
+                # difference to dtrn_senet is what TIM costs
+                no_tim = bottom == "dtrn_senet_no_tim"
+                over = overrides_for("adatt", "dtrn_senet" if no_tim else bottom, 0, paths) + [
+                    *(["features.sequences=[]", "model.bottom=" + BOTTOMS["dtrn_senet"].replace(
+                        "pooling: target, target_feature: item_id", "pooling: mean")] if no_tim else []),
                     f"train.max_steps={args.steps}", f"train.log_every={args.log_every}",
                     "train.eval_every_n_steps=0", "checkpoint.every_n_steps=0"]
                 cfg = load_config(CONFIG, over)
@@ -329,7 +335,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
                 logs = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
                 rates = [x["samples_per_s"] for x in logs if "samples_per_s" in x]
                 # the first window holds the warm-up steps; the rest are steady state
-                sps = statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
+                sps = round(statistics.median(rates[1:]) if len(rates) > 1 else rates[0], 1)
                 rounds.append({"round": r, "bottom": bottom, "samples_per_s": sps, "windows": rates,
                                "step_ms": round(1000 * cfg.data.batch_size / sps, 2), "load_1min": load[0],
                                "load_end": load_average()[0]})
@@ -381,7 +387,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
     loads = [x for r in runs for x in (r["load_start"][0], r["load_end"][0])]
     stats = json.loads((DATA / "stats.json").read_text())
-    lines = [f"Produced by `benchmarks/quality_movielens.py` on {args.date} (UTC) on {args.machine or machine()}.",
+    lines = ["# Quality and cost on MovieLens-100k: shared bottom vs DTRN (issue 22)", "",
+             f"Produced by `benchmarks/quality_movielens.py` on {args.date} (UTC) on {args.machine or machine()}.",
              f"1-minute load average during the sweep: {min(loads):.1f}–{max(loads):.1f} (the machine was shared)."
              if loads else "", "", "Commands:", "", "```sh", *args.command, "```", "",
              f"Data: ML-100k from `{stats['source']}` (sha256 {stats['sha256'][:12]}…), time split "
@@ -429,11 +436,12 @@ def cmd_report(args: argparse.Namespace) -> None:
                   f"`{cost['command']}`):", "",
                   "| bottom | rounds | samples/s (median) | step ms (median) | samples/s per round | load per round |",
                   "| --- | ---: | ---: | ---: | --- | --- |"]
-        for bottom in BOTTOMS:
+        labels = {**BOTTOM_LABELS, "dtrn_senet_no_tim": "DTRN (SENet TRM) without sequences: no TIM"}
+        for bottom in labels:
             rs = [r for r in cost["rounds"] if r["bottom"] == bottom]
             if rs:
                 sps = statistics.median(r["samples_per_s"] for r in rs)
-                lines.append(f"| {BOTTOM_LABELS[bottom]} | {len(rs)} | {sps:.0f} | {1000 * cost['batch_size'] / sps:.1f} | "
+                lines.append(f"| {labels[bottom]} | {len(rs)} | {sps:.0f} | {1000 * cost['batch_size'] / sps:.1f} | "
                              + ", ".join(f"{r['samples_per_s']:.0f}" for r in rs) + " | "
                              + ", ".join(f"{r['load_1min']:.1f}" for r in rs) + " |")
         ratio = [next(r["samples_per_s"] for r in cost["rounds"] if r["round"] == k and r["bottom"] == "shared")
@@ -441,6 +449,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                  for k in range(max(r["round"] for r in cost["rounds"]) + 1) for b in ("dtrn_senet",)]
         lines += ["", f"Per-round ratio shared / DTRN (SENet) samples/s: {', '.join(f'{x:.2f}' for x in ratio)} "
                   f"(median {statistics.median(ratio):.2f})."]
+    if args.notes:
+        lines += ["", Path(args.notes).read_text().rstrip()]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality_movielens.md").write_text(text)
@@ -473,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     rep.add_argument("--machine", default="")
     rep.add_argument("--command", action="append", default=[])
+    rep.add_argument("--notes", help="Markdown file appended to the page (analysis)")
     args = parser.parse_args(argv)
     {"run": cmd_run, "baselines": cmd_baselines, "cost": cmd_cost, "report": cmd_report}[args.cmd](args)
     return 0
