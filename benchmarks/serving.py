@@ -180,7 +180,7 @@ def latency_worker(args) -> None:
     torch.set_num_threads(1)
     from fusionrec.datasets.reader import ParquetReader, resolve_paths  # noqa: PLC0415
     from fusionrec.pipeline import artifact  # noqa: PLC0415
-    from fusionrec.pipeline.export import eager_predictions  # noqa: PLC0415
+    from fusionrec.pipeline.exporting import eager_predictions  # noqa: PLC0415
     from fusionrec.models import build_model  # noqa: PLC0415
     from fusionrec.pipeline.job import load_job_config, load_model_weights, resolve_checkpoint  # noqa: PLC0415
 

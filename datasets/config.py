@@ -8,6 +8,28 @@ from typing import Optional
 
 
 @dataclass
+class PartitioningConfig:
+    """``data.train`` is the root of a Hive-partitioned log (``ROOT/dt=.../hour=.../*.parquet``):
+    training reads the complete partitions of the window ``first`` .. ``last`` in key order
+    (``train.follow``: each once, as they land). See :mod:`datasets.partitions`."""
+
+    #: the partition keys, outermost first (e.g. [dt, hour]); values that are integers order numerically
+    keys: list[str]
+    #: the oldest partition to read, as its path under the root (e.g. dt=2026-12-01/hour=0); null: the oldest there is
+    first: Optional[str] = None
+    #: the newest partition to read (inclusive), in the same form; null: no end
+    last: Optional[str] = None
+    #: a partition is complete, and read, only once this file is in it; null: every partition is complete
+    marker: Optional[str] = "_SUCCESS"
+
+    def __post_init__(self) -> None:
+        if not self.keys or len(set(self.keys)) != len(self.keys) or any(not k or "/" in k or "=" in k for k in self.keys):
+            raise ValueError("keys must be distinct non-empty names without '/' or '='")
+        if self.marker is not None and (not self.marker or "/" in self.marker):
+            raise ValueError("marker must be a file name (no '/'), or null")
+
+
+@dataclass
 class DataConfig:
     """Where the Parquet logs are and how they are batched.
 
@@ -40,6 +62,8 @@ class DataConfig:
     #: stop training when a binary task's labels fall outside [0, 1] in more than this fraction of the
     #: rows read, in [0, 1] (a label column that is not 0/1 is a config mistake, e.g. a rating); null: never
     max_label_out_of_range_fraction: Optional[float] = 0.01
+    #: data.train is a Hive-partitioned log (key=value directories) read partition by partition; null: plain files
+    partitioning: Optional[PartitioningConfig] = None
 
     def __post_init__(self) -> None:
         for key in ("max_bad_fraction", "max_label_out_of_range_fraction"):
@@ -74,6 +98,8 @@ class SyntheticConfig:
     task_correlation: float = 0.5
     #: exponent of the Zipf distribution of ids over each table
     zipf_exponent: float = 1.1
+    #: partitioned logs (--partitions): radians the tasks' latent directions turn per hourly partition (0: no drift)
+    drift_per_partition: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.task_correlation <= 1.0:

@@ -376,9 +376,11 @@ class ParquetReader(IterableDataset):
         num_workers: DataLoader workers :func:`make_loader` starts (0: read in this process).
         labels: False: the files need no task label columns (logs to score, not to train
             on); every batch's labels are then NaN.
+        ordered: True: ``paths`` are already in their reading order (the partitions of a
+            partitioned log, oldest first), kept as given instead of sorted.
 
     Attributes:
-        paths: the files, sorted. total_rows: rows in all files (from the footers).
+        paths: the files, sorted (or as given, ``ordered``). total_rows: rows in all files (from the footers).
         epoch: the epoch the next pass reads (:meth:`set_epoch`).
         resume_note: after :meth:`load_state_dict` re-split a pass for another layout, one
             line saying from what to what and how many rows remain; else None.
@@ -403,6 +405,7 @@ class ParquetReader(IterableDataset):
         shuffle_buffer_rows: int = 0,
         num_workers: int = 0,
         labels: bool = True,
+        ordered: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(paths, (str, os.PathLike)):
@@ -415,7 +418,7 @@ class ParquetReader(IterableDataset):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if num_workers < 0 or shuffle_buffer_rows < 0 or seed < 0:
             raise ValueError("num_workers, shuffle_buffer_rows and seed must be >= 0")
-        self.paths = sorted(os.fspath(p) for p in paths)
+        self.paths = [os.fspath(p) for p in paths] if ordered else sorted(os.fspath(p) for p in paths)
         self.schema = schema
         self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
         self.seed, self.shuffle, self.num_workers = seed, shuffle, num_workers

@@ -56,6 +56,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -278,6 +279,15 @@ class SyntheticWorld:
         # Task directions with pairwise cosine rho, and per-task coefficients.
         q, _ = np.linalg.qr(rng.standard_normal((self.k, self.T + 1)))
         self.directions = self._mix_shared * q[:, :1] + self._mix_task * q[:, 1:]  # [k, T]
+        # Drift (partitioned logs): the directions turn towards a second set, orthogonal to the
+        # first where k allows, with the same pairwise cosine; drawn from a stream of its own so
+        # that the undrifted world is what it always was.
+        drift_rng = np.random.default_rng([cfg.seed, 0x5EED, 2])
+        other = drift_rng.standard_normal((self.k, self.T + 1))
+        other -= q @ (q.T @ other) if self.k >= 2 * (self.T + 1) else 0.0
+        q2, _ = np.linalg.qr(other)
+        self._directions_0 = self.directions
+        self._directions_1 = self._mix_shared * q2[:, :1] + self._mix_task * q2[:, 1:]
         nd = max(len(f.dense), 1)
         self.dense_linear = self._mixed(rng, (len(f.dense),)) * (1.0 / math.sqrt(nd))  # [Dd, T]
         self.dense_quad = self._mixed(rng, (len(f.dense),)) * (0.5 / math.sqrt(nd))
@@ -288,6 +298,10 @@ class SyntheticWorld:
             self.seq_coef[i, i % self.T] = 1.5
         self.bias = np.zeros(self.T)
         self._calibrate()
+
+    def drift_to(self, angle: float) -> None:
+        """Turn the task directions by ``angle`` radians: d_t = cos(angle) d_t(0) + sin(angle) e_t."""
+        self.directions = math.cos(angle) * self._directions_0 + math.sin(angle) * self._directions_1
 
     def _mixed(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         """shape + [T] normals whose task columns have correlation task_correlation."""
@@ -563,6 +577,51 @@ def generate(schema: Schema, synthetic_cfg: SyntheticConfig, rows: int, out_dir:
     }
 
 
+PARTITION_START = datetime(2026, 12, 1, tzinfo=timezone.utc)
+MARKER = "_SUCCESS"
+
+
+def partition_name(index: int) -> str:
+    """The Hive path of hourly partition ``index`` (0: 2026-12-01 00:00 UTC): ``dt=2026-12-01/hour=0``."""
+    t = PARTITION_START + timedelta(hours=index)
+    return f"dt={t:%Y-%m-%d}/hour={t.hour}"
+
+
+def write_partition(world: SyntheticWorld, root: str | os.PathLike, index: int, rows: int, files: int = 1,
+                    marker: Optional[str] = MARKER) -> Path:  # fmt: skip
+    """Write hourly partition ``index`` of a drifting log under ``root``: ``rows`` rows in
+    ``files`` files drawn with the task directions turned by ``index × synthetic.drift_per_partition``,
+    then (unless ``marker`` is None) the marker that makes it complete. Returns its directory."""
+    cfg = world.cfg
+    folder = Path(root) / partition_name(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    world.drift_to(index * cfg.drift_per_partition)
+    stats = {"sum": np.zeros(world.T)}
+    for j, n in enumerate(_split_sizes(rows, files)):
+        _write_file(world, folder / f"part-{j:05d}.parquet", n, [cfg.seed, 2, index, j], cfg.row_group_size, stats)
+    if marker:
+        (folder / marker).touch()
+    return folder
+
+
+def generate_partitions(schema: Schema, synthetic_cfg: SyntheticConfig, rows: int, out_dir: str | os.PathLike,
+                        partitions: int, first: int = 0, interval_s: float = 0.0) -> dict:  # fmt: skip
+    """Write partitions ``first .. first + partitions - 1`` of an hourly log under ``out_dir``
+    (``rows`` rows each, ``synthetic.train_files`` files per partition), sleeping ``interval_s``
+    between them (a live producer). Returns ``{"partitions": [names], "rows", "seconds"}``."""
+    if rows < 0 or partitions < 1 or first < 0:
+        raise ValueError("rows must be >= 0, partitions >= 1 and the first partition >= 0")
+    start = time.perf_counter()
+    world = SyntheticWorld(schema, synthetic_cfg)
+    names = []
+    for index in range(first, first + partitions):
+        if index > first and interval_s > 0:
+            time.sleep(interval_s)
+        write_partition(world, out_dir, index, rows, synthetic_cfg.train_files)
+        names.append(partition_name(index))
+    return {"partitions": names, "rows": rows * partitions, "seconds": time.perf_counter() - start}
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -593,13 +652,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusionrec.datasets.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (features, tasks, synthetic)")
     parser.add_argument("--out", required=True, help="output folder; train/ and eval/ are written inside")
-    parser.add_argument("--rows", required=True, type=int, help="total rows, train + eval")
+    parser.add_argument("--rows", required=True, type=int, help="total rows, train + eval (with --partitions: per partition)")
+    parser.add_argument("--partitions", type=int, help="write an hourly Hive-partitioned log OUT/dt=.../hour=.../ of "
+                        "this many partitions, each completed by a _SUCCESS marker, drifting by synthetic.drift_per_partition")  # fmt: skip
+    parser.add_argument("--first-partition", type=int, default=0, help="with --partitions: the index of the first (0: 2026-12-01 hour 0)")
+    parser.add_argument("--interval-s", type=float, default=0.0, help="with --partitions: seconds between partitions (a live producer)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)
     from fusionrec.typedconfig import ConfigError
 
     try:
         schema, cfg = load_config(args.config, args.overrides)
+        if args.partitions is not None:
+            summary = generate_partitions(schema, cfg, args.rows, args.out, args.partitions, args.first_partition,
+                                          args.interval_s)  # fmt: skip
+            print(f"wrote {summary['rows']} rows in {len(summary['partitions'])} partitions "
+                  f"({summary['partitions'][0]} .. {summary['partitions'][-1]}) under {args.out} in {summary['seconds']:.1f}s")
+            return 0
         summary = generate(schema, cfg, args.rows, args.out)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -93,6 +93,37 @@ class CompileConfig:
 
 
 @dataclass
+class FollowConfig:
+    """``enabled: true`` (or ``--follow``) trains on a growing Hive-partitioned log
+    (``data.partitioning``): every complete partition once, oldest first, waiting for new ones;
+    each is scored before it is trained on (progressive validation), a checkpoint closes it,
+    and every ``export_every_n_partitions`` a serving artifact is published (docs/continuous.md)."""
+
+    #: train each complete partition of data.train once, in key order, as it lands (needs data.partitioning)
+    enabled: bool = False
+    #: seconds between looks for a new complete partition once every one is trained (> 0)
+    poll_interval_s: float = 30.0
+    #: stop (done, exit 0) after waiting this long with nothing new, in seconds (> 0); null: wait for ever
+    idle_timeout_s: Optional[float] = None
+    #: score each partition with the current model before training on it, per task (progressive validation)
+    progressive_eval: bool = True
+    #: export the model after every this many trained partitions (>= 0; 0: never)
+    export_every_n_partitions: int = 0
+    #: where the versioned exports and the latest pointer go; null: RUN_DIR/exports
+    export_dir: Optional[str] = None
+    #: the exports' table precision (as pipeline.export --quantize)
+    export_quantize: Literal["int8", "fp16", "none"] = "int8"
+    #: how many exported versions are kept; older ones are deleted (>= 1)
+    keep_exports: int = 3
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s <= 0 or (self.idle_timeout_s is not None and self.idle_timeout_s <= 0):
+            raise ValueError("poll_interval_s and idle_timeout_s must be > 0")
+        if self.export_every_n_partitions < 0 or self.keep_exports < 1:
+            raise ValueError("export_every_n_partitions must be >= 0 and keep_exports >= 1")
+
+
+@dataclass
 class TrainConfig:
     """``max_steps`` caps the run; otherwise it lasts ``epochs`` passes over the train data.
 
@@ -138,6 +169,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: timeout of every collective, in seconds (>= 1)
     process_group_timeout_s: int = 600
+    #: continuous training on a partitioned log that keeps growing
+    follow: FollowConfig = field(default_factory=FollowConfig)
 
     def __post_init__(self) -> None:
         if self.dense_optimizer.type == "rowwise_adagrad":
@@ -234,6 +267,7 @@ class ExperimentConfig:
                                  f"task {task.name!r}; use one of {list(allowed)}")
         if (self.train.eval_every_n_steps or stopping) and self.data.eval is None:
             raise ValueError("train.eval_every_n_steps needs data.eval (or --eval-data)")
+        self._check_follow()
         bottom = self.model.bottom
         if isinstance(bottom, DTRNConfig) and bottom.target_feature is not None:
             on_seq_table = [f.name for f in self.features.sequence_table_features]
@@ -242,6 +276,23 @@ class ExperimentConfig:
                     f"model.bottom.target_feature {bottom.target_feature!r} must be a sparse feature on a "
                     f"sequence table (one of {on_seq_table})"
                 )
+
+    def _check_follow(self) -> None:
+        follow, train = self.train.follow, self.train
+        if not follow.enabled:
+            return
+        if self.data.partitioning is None:
+            raise ValueError("train.follow needs data.partitioning (data.train must be a partitioned log)")
+        if train.epochs != 1 or train.max_steps is not None:
+            raise ValueError("train.follow trains each partition once: leave train.epochs at 1 and train.max_steps null")
+        if train.lr_schedule.decay != "none":
+            raise ValueError("train.lr_schedule.decay: a followed log has no last step to decay to; use none")
+        if train.eval_every_n_steps or train.early_stopping is not None:
+            raise ValueError("train.eval_every_n_steps: follow mode scores each partition before training on it "
+                             "(train.follow.progressive_eval); set it to 0")
+        if follow.export_every_n_partitions and self.features.collision_tables:
+            raise ValueError(f"train.follow.export_every_n_partitions: tables {', '.join(self.features.collision_tables)} "
+                             "use collision management, which the export does not carry yet; set it to 0")
 
     def to_dict(self) -> dict:
         return to_dict(self)

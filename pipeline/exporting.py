@@ -1,16 +1,14 @@
-"""Export a checkpoint as a self-contained serving artifact: TorchScript, quantised tables.
+"""A checkpoint as a self-contained serving artifact: TorchScript, quantised tables.
 
-    python -m fusionrec.pipeline.export --config configs/demo.yaml --checkpoint runs/demo \\
-        --out exports/demo-int8 --quantize int8
-
-Loads the checkpoint (saved by any number of ranks; DCP reshards it into this one process),
-replaces the embedding collections by TorchRec's quantised inference collections
+:func:`export` is what the export job (``python -m fusionrec.pipeline.export``) runs, and what
+continuous training (``train.follow``) calls to publish a fresh version. It loads the
+checkpoint (saved by any number of ranks; DCP reshards it into this one process), replaces the embedding collections by TorchRec's quantised inference collections
 (``torchrec.quant``: FBGEMM's ``IntNBitTableBatchedEmbeddingBagsCodegen`` kernels, row-wise
 int8 with an fp16 scale and bias per row, fp16, or fp32 for ``none``), wraps embeddings,
 bottom, fusion and towers in ``models.inference.InferenceModel``, traces it with TorchRec's FX
 tracer and compiles it with TorchScript. The directory (layout in ``pipeline.artifact``) is
 written aside and renamed into place at the end, so an interrupted export leaves nothing at
-``--out``.
+its destination.
 
 Why TorchScript and not AOTInductor: TorchRec's inference stack (``torchrec.inference``, its
 C++ predictor) and Triton's PyTorch backend load TorchScript; FBGEMM's inference operators are
@@ -20,11 +18,9 @@ and one ``model.pt`` loads from Python (``torch.jit.load``) or C++ (``torch::jit
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
 from datetime import datetime, timezone
@@ -38,14 +34,13 @@ from torch import nn
 from fusionrec.datasets.batch import Batch
 from fusionrec.datasets.hashing import FNV_OFFSET, FNV_PRIME
 from fusionrec.datasets.schema import Schema
-from fusionrec.errors import UserError, exit_on_user_error
+from fusionrec.errors import UserError
 from fusionrec.models import MultiTaskModel, build_model
 from fusionrec.models.inference import DenseHead, InferenceModel
 from fusionrec.pipeline import artifact
-from fusionrec.pipeline.cli_common import add_common_args, refuse_file_in_the_way
+from fusionrec.pipeline.cli_common import refuse_file_in_the_way
 from fusionrec.pipeline.config import ExperimentConfig
-from fusionrec.pipeline.job import check_checkpoint_binding, load_job_config, load_model_weights, resolve_checkpoint
-from fusionrec.pipeline.logs import quiet_third_party, say
+from fusionrec.pipeline.job import check_checkpoint_binding, load_model_weights
 from fusionrec.typedconfig import to_dict
 
 QUANTIZE = {"none": torch.float32, "fp16": torch.float16, "int8": torch.qint8}
@@ -56,17 +51,6 @@ TABLE_DTYPE = {"none": "fp32", "fp16": "fp16", "int8": "int8 (row-wise, fp16 sca
 CPU_ROW_ALIGNMENT = 1
 FP32_TOLERANCE = 1e-5
 TMP_PREFIX = ".tmp-"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fusionrec.pipeline.export", description=__doc__.split("\n\n")[0])
-    add_common_args(parser)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint dir (RUN_DIR/checkpoints/step_N) or a run dir")
-    parser.add_argument("--out", required=True, help="the directory to write (must not exist, or be empty, unless --force)")
-    parser.add_argument("--quantize", default="int8", help="embedding table precision: none (fp32) | fp16 | int8 (default)")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows of the example inputs (default 64)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
-    return parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -474,24 +458,3 @@ def _publish(tmp: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    quiet_third_party()
-    args = parse_args(argv)
-    with exit_on_user_error():
-        cfg = load_job_config(args.config, args.set)
-        refuse_managed_collisions(cfg)
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        manifest = export(cfg, checkpoint, Path(args.out), args.quantize, args.batch_size, args.force, args.config)
-        mib = 1 << 20
-        say(f"exported {manifest['source']['model']} @ step {manifest['source']['step']} to {args.out} "
-            f"in {manifest['seconds']:.1f} s: {manifest['format']}, tables {manifest['table_dtype']} "
-            f"{manifest['embedding_bytes'] / mib:.2f} MiB (fp32 {manifest['fp32_embedding_bytes'] / mib:.2f} MiB), "
-            f"dense {manifest['dense_bytes'] / mib:.2f} MiB; max |export - eager| on the example batch "
-            f"{manifest['example_max_abs_diff_vs_eager']:.2g}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

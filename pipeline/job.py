@@ -25,13 +25,14 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from fusionrec.datasets.partitions import list_partitions, window
 from fusionrec.datasets.reader import ParquetReader, resolve_paths
-from fusionrec.errors import CheckpointDamagedError, ConfigError, UserError
+from fusionrec.errors import CheckpointDamagedError, ConfigError, DataError, UserError
 from fusionrec.models import MultiTaskModel, build_model
 from fusionrec.models.embeddings import max_ids_per_row
 from fusionrec.pipeline import binding
@@ -197,16 +198,22 @@ def collision_ids_per_step(cfg: ExperimentConfig, batch_size: int, world_size: i
 
 
 def make_reader(
-    cfg: ExperimentConfig, spec: str, info: DistInfo, batch_size: int, train: bool, num_workers: int | None = None
+    cfg: ExperimentConfig,
+    spec: str | Sequence[str],
+    info: DistInfo,
+    batch_size: int,
+    train: bool,
+    num_workers: int | None = None,
 ) -> ParquetReader:
-    """This rank's reader of the Parquet logs ``spec`` (directory, glob or file).
+    """This rank's reader of the Parquet logs ``spec``: a directory, glob or file, or a list of
+    files read in the order given (a partition's, or :func:`train_files`').
 
     Training reads shuffled (``data.shuffle``) full batches only, so every rank takes the same
     number of steps; evaluation reads every row in file order. ``num_workers`` overrides
     ``data.num_workers``."""
     data = cfg.data
     return ParquetReader(
-        resolve_paths(spec),
+        resolve_paths(spec) if isinstance(spec, str) else list(spec),
         cfg.schema,
         batch_size,
         rank=info.rank,
@@ -216,7 +223,22 @@ def make_reader(
         shuffle=data.shuffle and train,
         shuffle_buffer_rows=data.shuffle_buffer_rows if train else 0,
         num_workers=data.num_workers if num_workers is None else num_workers,
+        ordered=not isinstance(spec, str),
     )
+
+
+def train_files(cfg: ExperimentConfig, spec: str) -> str | list[str]:
+    """What training reads of ``spec`` (data.train): itself, or with ``data.partitioning`` the
+    files of the complete partitions of its window, oldest partition first."""
+    part = cfg.data.partitioning
+    if part is None:
+        return spec
+    chosen = [p for p in window(list_partitions(spec, part.keys, part.marker), part.first, part.last, part.keys)
+              if p.complete]  # fmt: skip
+    if not chosen:
+        raise DataError(f"data.train {spec!r}: no complete partition in the window "
+                        f"{part.first or 'the oldest'} .. {part.last or 'the newest'} (marker {part.marker!r})")
+    return [f for p in chosen for f in p.files]
 
 
 # ----------------------------------------------------------------------------- 5. the checkpoint

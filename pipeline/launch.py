@@ -82,6 +82,7 @@ def check_job(torchrun: list[str], train_argv: list[str]) -> None:
 
     from fusionrec.errors import UserError  # noqa: PLC0415
     from fusionrec.pipeline import checkpoint as ckpt  # noqa: PLC0415
+    from fusionrec.datasets.partitions import list_partitions  # noqa: PLC0415
     from fusionrec.pipeline import job  # noqa: PLC0415
     from fusionrec.pipeline.distributed import DistInfo  # noqa: PLC0415
     from fusionrec.pipeline.runlock import RunDirLock  # noqa: PLC0415
@@ -96,13 +97,18 @@ def check_job(torchrun: list[str], train_argv: list[str]) -> None:
     if cfg.data.train is None:
         raise UserError("no train data: set data.train in the config or pass --train-data")
     info = DistInfo(0, world or 1, 0, per_node, torch.device("cpu"))
-    reader = job.make_reader(cfg, cfg.data.train, info, cfg.data.batch_size, train=True)
-    if world is not None and reader.num_batches == 0:
+    if cfg.train.follow.enabled:  # the log may still be empty: check that its root lists
+        part = cfg.data.partitioning
+        list_partitions(cfg.data.train, part.keys, part.marker)
+        reader = None
+    else:
+        reader = job.make_reader(cfg, job.train_files(cfg, cfg.data.train), info, cfg.data.batch_size, train=True)
+    if world is not None and reader is not None and reader.num_batches == 0:
         raise UserError(
             f"data.train {cfg.data.train!r} has too few rows for one batch of {cfg.data.batch_size} per rank "
             f"on {world} ranks"
         )
-    if cfg.train.eval_every_n_steps:
+    if cfg.train.eval_every_n_steps and reader is not None:
         periodic = job.make_reader(cfg, cfg.data.eval, info, cfg.eval.batch_size or cfg.data.batch_size, train=False)
         job.check_same_id_types(cfg, reader, periodic)
     run_dir = Path(args.run_dir)

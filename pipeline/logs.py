@@ -45,7 +45,7 @@ class ProgressBar:
     """A tqdm bar on rank 0 (only when stderr is a terminal); log lines go through it so
     the bar stays at the bottom. Disabled, it just prints the lines."""
 
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+    def __init__(self, total: Optional[int], initial: int, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = None
         if enabled and sys.stderr.isatty():

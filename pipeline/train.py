@@ -16,6 +16,7 @@ exit 0 (:mod:`pipeline.lifecycle`); bad input data shows on the console at each 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -37,6 +38,7 @@ from fusionrec.pipeline import data_health, job
 from fusionrec.pipeline.compiled import compile_dense
 from fusionrec.pipeline.train_args import config_overrides, parse_args
 from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
+from fusionrec.pipeline.follow import follow
 from fusionrec.pipeline.distributed import DistInfo, all_reduce
 from fusionrec.pipeline.lifecycle import StopRequest, signal_name
 from fusionrec.pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
@@ -149,16 +151,25 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         if cfg.data.train is None:
             raise UserError("no train data: set data.train in the config or pass --train-data")
-        self.reader = job.make_reader(cfg, cfg.data.train, info, cfg.data.batch_size, train=True)
-        self.steps_per_epoch = self.reader.batches_per_epoch
-        self.pass_batches = self.steps_per_epoch  # batches of the epoch pass the state is in
-        if self.steps_per_epoch == 0:
-            raise UserError(
-                f"data.train {cfg.data.train!r} has too few rows for one batch of {cfg.data.batch_size} per rank "
-                f"on {info.world_size} ranks"
-            )
-        total = self.steps_per_epoch * cfg.train.epochs
-        self.max_steps = min(cfg.train.max_steps or total, total)
+        self.follow = cfg.train.follow.enabled
+        self.resumed_meta: Optional[dict] = None  # the checkpoint meta a follow-mode resume starts from
+        self.follow_state: Optional[dict] = None  # follow mode: the partitions trained and the one in progress
+        self.log_fields: dict = {}  # follow mode: the partition and the lag, in every log record
+        if self.follow:  # the partitions are read one by one (pipeline.follow); none may exist yet
+            self.reader: Optional[ParquetReader] = None
+            self.steps_per_epoch = self.pass_batches = self.max_steps = 0
+        else:
+            self.reader = job.make_reader(cfg, job.train_files(cfg, cfg.data.train), info, cfg.data.batch_size,
+                                          train=True)  # fmt: skip
+            self.steps_per_epoch = self.reader.batches_per_epoch
+            self.pass_batches = self.steps_per_epoch  # batches of the epoch pass the state is in
+            if self.steps_per_epoch == 0:
+                raise UserError(
+                    f"data.train {cfg.data.train!r} has too few rows for one batch of {cfg.data.batch_size} per rank "
+                    f"on {info.world_size} ranks"
+                )
+            total = self.steps_per_epoch * cfg.train.epochs
+            self.max_steps = min(cfg.train.max_steps or total, total)
         self.eval_reader = None
         if cfg.train.eval_every_n_steps:
             eval_batch = cfg.eval.batch_size or cfg.data.batch_size
@@ -175,8 +186,9 @@ class Trainer:
             say(format_memory_summary(built.memory), enabled=self.main)
         if cfg.train.compile.enabled:  # the dense submodules only; embeddings and the pipeline stay eager
             say(compile_dense(self.model, cfg.train.compile, info.device), enabled=self.main)
+        # A followed log has no last step: its schedule (warm-up, no decay: checked in the config) needs none.
         self.optimizer, self.dense_optimizer, self.scheduler = build_optimizer(
-            self.model, self.model.fused_optimizer, cfg.train, self.max_steps
+            self.model, self.model.fused_optimizer, cfg.train, self.max_steps or 1
         )
         self.state = TrainerState()
         self.stop = StopRequest()
@@ -198,7 +210,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(meta["lr_scheduler"])
         self.state = TrainerState(**meta["trainer"])
-        self.reader.load_state_dict(meta["reader"])
+        if self.follow:
+            self.resumed_meta = meta  # the partition and the reader position: pipeline.follow takes them
+        else:
+            self.reader.load_state_dict(meta["reader"])
         rank_state = ckpt.load_rank_state(path, self.info.rank)
         if rank_state is not None:
             ckpt.set_rng_state(rank_state["rng"], self.info.device)
@@ -212,7 +227,8 @@ class Trainer:
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.jsonl.write({"event": "resumed", "step": self.state.step, "checkpoint": str(path), "attempt": attempt})
         say(f"resumed from {path} at step {self.state.step}", enabled=self.main)
-        self.continue_epoch(meta["world_size"])
+        if not self.follow:
+            self.continue_epoch(meta["world_size"])
 
     def continue_epoch(self, saved_world_size: int) -> None:
         """Take over the reader's pass after a resume: when the reader re-split the rest of the
@@ -237,6 +253,7 @@ class Trainer:
             set_schedule_length(self.scheduler, self.cfg.train.lr_schedule, max_steps)
 
     def save(self) -> None:
+        """A checkpoint at this step (with follow mode's partition position, ``follow_state``)."""
         s = self.state
         meta = {
             "samples_seen": s.samples_seen,
@@ -247,6 +264,8 @@ class Trainer:
             "reader": self.reader.state_dict(epoch=s.epoch, batches_consumed=s.batch_in_epoch),
             "id_types": self.reader.id_types(),
         }
+        if self.follow_state is not None:
+            meta["follow"] = self.follow_state
         path = ckpt.save_checkpoint(
             self.run_dir,
             s.step,
@@ -304,6 +323,26 @@ class Trainer:
             f"dropped on rank {info.rank} to keep ranks in step",
             enabled=self.main,
         )
+        stream = epoch_batches(self.reader, s, self.max_steps, cfg.train.epochs)
+        every_eval = cfg.train.eval_every_n_steps
+        with self.session(self.max_steps) as pipeline:
+            for end in self.segment_ends():
+                before = s.step
+                self.train_steps(pipeline, itertools.islice(stream, end - s.step))
+                if self.stopped_by or s.step == before:
+                    break  # a stop signal, or the data ran out
+                if every_eval and s.step % every_eval == 0 and self.evaluate_and_decide(pipeline):
+                    break
+            if self.last_saved is None or self.last_saved[0] != s.step:
+                self.save()
+        self.report_data(data_health.gather_counters(self.reader, self.info.device), final=True)
+        return s
+
+    @contextlib.contextmanager
+    def session(self, bar_total: Optional[int]) -> Iterator[TrainPipelineSparseDist]:
+        """The train pipeline with its logs, metrics and stop handler, for one run of the loop
+        (``bar_total``: the steps the progress bar counts to; None: no end)."""
+        cfg, info = self.cfg, self.info
         pipeline = TrainPipelineSparseDist(
             self.model,
             self.optimizer,
@@ -311,41 +350,35 @@ class Trainer:
             execute_all_batches=True,
             custom_model_fwd=autocast_forward(self.model, info.device, cfg.train.mixed_precision),
         )
-        stream = epoch_batches(self.reader, s, self.max_steps, cfg.train.epochs)
         self.window = LossWindow(cfg.schema.task_names, info.device)
         self.metrics = TrainMetrics(
             cfg.schema, cfg.data.batch_size, info.world_size, info.rank, cfg.train.metrics_window, info.device
         )
         self.board = TensorBoardLog(self.run_dir / "tensorboard" if self.main and cfg.train.tensorboard else None)
-        self.bar = ProgressBar(self.max_steps, s.step, enabled=self.main and cfg.train.progress_bar)
+        self.bar = ProgressBar(bar_total, self.state.step, enabled=self.main and cfg.train.progress_bar)
         self.restart_speed_window()
-        every_ckpt, every_eval = cfg.checkpoint.every_n_steps, cfg.train.eval_every_n_steps
-        every_stop_check = cfg.checkpoint.stop_check_every_n_steps
         self.model.train()
         self.stop.install()
         try:
-            for end in self.segment_ends():
-                before = s.step
-                for out in pipeline_steps(pipeline, itertools.islice(stream, end - s.step)):
-                    self.after_step(out)
-                    if every_ckpt and s.step % every_ckpt == 0:
-                        self.save()
-                    if s.step % every_stop_check == 0 and s.step < self.max_steps:
-                        self.stopped_by = self.stop.agreed()
-                        if self.stopped_by:
-                            break
-                if self.stopped_by or s.step == before:
-                    break  # a stop signal, or the data ran out
-                if every_eval and s.step % every_eval == 0 and self.evaluate_and_decide(pipeline):
-                    break
-            if self.last_saved is None or self.last_saved[0] != s.step:
-                self.save()
+            yield pipeline
         finally:
             self.stop.restore()
             self.bar.close()
             self.board.close()
-        self.report_data(data_health.gather_counters(self.reader, self.info.device), final=True)
-        return s
+
+    def train_steps(self, pipeline: TrainPipelineSparseDist, batches: Iterable[Batch]) -> None:
+        """Train on ``batches`` (the pipeline drains them all), checkpointing when due; ends
+        early when the ranks agree on a stop signal (``self.stopped_by``)."""
+        s = self.state
+        every_ckpt, every_stop_check = self.cfg.checkpoint.every_n_steps, self.cfg.checkpoint.stop_check_every_n_steps
+        for out in pipeline_steps(pipeline, batches):
+            self.after_step(out)
+            if every_ckpt and s.step % every_ckpt == 0:
+                self.save()
+            if s.step % every_stop_check == 0 and s.step < self.max_steps:
+                self.stopped_by = self.stop.agreed()
+                if self.stopped_by:
+                    return
 
     def after_step(self, out: StepOutput) -> None:
         """Advance the state, the LR schedule and the metrics by one trained step; log when due."""
@@ -372,13 +405,15 @@ class Trainer:
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["metrics"] = self.metrics.compute()
         record["data"] = data_health.gather_counters(self.reader, self.info.device)
+        record.update(self.log_fields)
         self.jsonl.write(record)
         self.board.write(record)
         self.bar.show(record)
         tasks = " ".join(f"{t}={v:.4f}" for t, v in record["task_loss"].items())
-        self.bar.say(
-            f"step {s.step}/{self.max_steps} loss={record['loss']:.4f} [{tasks}] {record['samples_per_s']:.0f} samples/s"
-        )
+        where = (f"step {s.step} [{self.log_fields['partition']} {s.batch_in_epoch or self.steps_per_epoch}/"
+                 f"{self.steps_per_epoch}, lag {self.log_fields['lag_partitions']}]" if self.follow
+                 else f"step {s.step}/{self.max_steps}")  # fmt: skip
+        self.bar.say(f"{where} loss={record['loss']:.4f} [{tasks}] {record['samples_per_s']:.0f} samples/s")
         self.report_data(record["data"], final=False)
         self.restart_speed_window()
 
@@ -439,7 +474,10 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
             trainer.restore(latest)
         elif resume:
             say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=info.is_main)
-        trainer.run()
+        if trainer.follow:
+            follow(trainer)
+        else:
+            trainer.run()
         return TrainOutcome(trainer.state, trainer.stopped_by, trainer.last_saved)
     finally:
         if lock is not None:

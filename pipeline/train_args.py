@@ -18,6 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", required=True, help="where checkpoints and logs go")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (overrides train.max_steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--follow", action="store_true",
+                        help="train each partition of a partitioned data.train once, as it lands (train.follow.enabled)")
     return parser.parse_args(argv)
 
 
@@ -27,6 +29,8 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
         sets.append(f"data.train={args.train_data}")
     if args.eval_data:
         sets.append(f"data.eval={args.eval_data}")
+    if args.follow:
+        sets.append("train.follow.enabled=true")
     if args.max_steps is not None:
         sets.append(f"train.max_steps={args.max_steps}")
     return sets

@@ -183,7 +183,7 @@ def test_every_model_exports_exactly(variant):
     what the eager model predicts, at several batch sizes, from random weights."""
     from fusionrec.models import build_model
     from fusionrec.pipeline import artifact
-    from fusionrec.pipeline.export import compile_inference_model, eager_predictions, example_batch
+    from fusionrec.pipeline.exporting import compile_inference_model, eager_predictions, example_batch
     from fusionrec.pipeline.job import load_job_config
 
     cfg = load_job_config(CONFIG, VARIANTS[variant])
