@@ -652,11 +652,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusionrec.datasets.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (features, tasks, synthetic)")
     parser.add_argument("--out", required=True, help="output folder; train/ and eval/ are written inside")
-    parser.add_argument("--rows", required=True, type=int, help="total rows, train + eval (with --partitions: per partition)")
+    parser.add_argument("--rows", required=True, type=int,
+                        help="total rows, train + eval (with --partitions: per partition)")  # fmt: skip
     parser.add_argument("--partitions", type=int, help="write an hourly Hive-partitioned log OUT/dt=.../hour=.../ of "
-                        "this many partitions, each completed by a _SUCCESS marker, drifting by synthetic.drift_per_partition")  # fmt: skip
-    parser.add_argument("--first-partition", type=int, default=0, help="with --partitions: the index of the first (0: 2026-12-01 hour 0)")
-    parser.add_argument("--interval-s", type=float, default=0.0, help="with --partitions: seconds between partitions (a live producer)")
+                        "this many partitions, each completed by a _SUCCESS marker, drifting by "
+                        "synthetic.drift_per_partition")  # fmt: skip
+    parser.add_argument("--first-partition", type=int, default=0,
+                        help="with --partitions: the index of the first (0: 2026-12-01 hour 0)")  # fmt: skip
+    parser.add_argument("--interval-s", type=float, default=0.0,
+                        help="with --partitions: seconds between partitions (a live producer)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)
     from fusionrec.typedconfig import ConfigError

@@ -180,8 +180,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(meta_file.read_text())
 
 
-def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls.
+def load_checkpoint(path: str | Path, state: dict[str, Any], alone: bool = False) -> None:
+    """Load checkpoint ``path`` into ``state`` in place, resharding as needed; every rank calls,
+    unless ``alone``: one process loads an unsharded ``state`` with no collective, even while
+    its process group is up (rank 0 exporting in the middle of a training job).
 
     A damaged checkpoint (:func:`damage`) fails first, naming the missing or short file; then
     the model part is checked (:func:`check_compatible`), so a checkpoint of another model
@@ -192,7 +194,7 @@ def load_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise CheckpointDamagedError(f"checkpoint {path} is damaged: {problem}")
     if "model" in state:
         check_compatible(path, state)
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, checkpoint_id=str(path), no_dist=alone)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 :func:`export` is what the export job (``python -m fusionrec.pipeline.export``) runs, and what
 continuous training (``train.follow``) calls to publish a fresh version. It loads the
-checkpoint (saved by any number of ranks; DCP reshards it into this one process), replaces the embedding collections by TorchRec's quantised inference collections
+checkpoint (saved by any number of ranks; DCP reshards it into this one process), replaces
+the embedding collections by TorchRec's quantised inference collections
 (``torchrec.quant``: FBGEMM's ``IntNBitTableBatchedEmbeddingBagsCodegen`` kernels, row-wise
 int8 with an fp16 scale and bias per row, fp16, or fp32 for ``none``), wraps embeddings,
 bottom, fusion and towers in ``models.inference.InferenceModel``, traces it with TorchRec's FX
@@ -382,7 +383,9 @@ def _export_into(tmp: Path, cfg: ExperimentConfig, checkpoint: Path, quantize: s
     """Load, convert, check and write model, example files and manifest into ``tmp``."""
     schema = cfg.schema
     model = build_model(schema, cfg.model, device="cpu")
-    meta = load_model_weights(model, checkpoint)
+    # Alone: in follow mode rank 0 exports while the other ranks wait for it at the next
+    # partition; a collective here would never be matched.
+    meta = load_model_weights(model, checkpoint, alone=True)
     model.eval()
 
     batch = example_batch(schema, batch_size)

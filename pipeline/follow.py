@@ -77,8 +77,9 @@ class PartitionFeed:
         self._done.add(name)
         self._note_order(name)
 
-    def look(self) -> Choice:
-        """Rank 0: list the log and choose (errors become the choice's ``error``)."""
+    def look(self, resuming: Optional[str] = None) -> Choice:
+        """Rank 0: list the log and choose the next partition, or take ``resuming`` (the one a
+        checkpoint stopped in) if given; errors become the choice's ``error``."""
         try:
             found = window(list_partitions(self.root, self.part.keys, self.part.marker), self.part.first,
                            self.part.last, self.part.keys)  # fmt: skip
@@ -86,11 +87,24 @@ class PartitionFeed:
             return Choice(error=str(err))
         ready = [p for p in found if p.complete and p.name not in self._done]
         incomplete = sum(not p.complete for p in found)
+        if resuming is not None:
+            again = [p for p in ready if p.name == resuming]
+            if not again:
+                return Choice(error=f"{self.root}: partition {resuming}, which the checkpoint was training, is gone "
+                                    "(or no longer complete); training cannot continue it exactly")  # fmt: skip
+            return Choice(again[0], False, len(ready) - 1, incomplete)
         if not ready:
             return Choice(incomplete=incomplete)
         first = ready[0]
         late = self._newest_done is not None and first.order < self._newest_done
         return Choice(first, late, len(ready) - 1, incomplete)
+
+    def resume(self, name: str) -> Choice:
+        """Every rank: the partition ``name`` a checkpoint stopped in, as rank 0 finds it now."""
+        choice = all_gather_objects(self.look(resuming=name) if self.main else None)[0]
+        if choice.error is not None:
+            raise DataError(choice.error)
+        return choice
 
     def next(self, stop) -> tuple[Optional[Choice], int]:
         """The next partition to train, waiting for one when every complete partition is
@@ -181,7 +195,7 @@ def follow(trainer) -> None:
     with trainer.session(None) as pipeline:
         while True:
             if current is not None:  # resume the partition the checkpoint stopped in
-                choice = Choice(_find(cfg, current))
+                choice = feed.resume(current)
                 evaluated = position.get("evaluated", False)
             else:
                 choice, signum = feed.next(trainer.stop)
@@ -214,15 +228,6 @@ def follow(trainer) -> None:
             if publisher is not None and len(feed.done) % opts.export_every_n_partitions == 0:
                 _publish(trainer, publisher, part, len(feed.done))
     trainer.log_fields = {}
-
-
-def _find(cfg, name: str) -> Partition:
-    part = cfg.data.partitioning
-    for p in list_partitions(cfg.data.train, part.keys, part.marker):
-        if p.name == name:
-            return p
-    raise DataError(f"{cfg.data.train}: partition {name}, which the checkpoint was training, is gone; "
-                    "training cannot continue it exactly")  # fmt: skip
 
 
 def open_partition(trainer, part: Partition, saved_reader: Optional[dict]) -> ParquetReader:

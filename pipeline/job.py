@@ -293,10 +293,11 @@ def check_same_id_types(cfg: ExperimentConfig, train: ParquetReader, other: Parq
     binding.check_id_types(f"data.train {cfg.data.train}", train.id_types(), other.id_types(), other.paths[0])
 
 
-def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> dict:
+def load_model_weights(model: torch.nn.Module, checkpoint: Path, alone: bool = False) -> dict:
     """Load the model part of ``checkpoint`` into ``model`` (resharded to this job's plan and
-    world size; a checkpoint of another model fails naming what differs); returns its meta.json."""
+    world size; a checkpoint of another model fails naming what differs); returns its meta.json.
+    ``alone``: this process loads an unsharded model by itself (see ``checkpoint.load_checkpoint``)."""
     state = {"model": model.state_dict()}
-    ckpt.load_checkpoint(checkpoint, state)
+    ckpt.load_checkpoint(checkpoint, state, alone=alone)
     model.load_state_dict(state["model"])
     return ckpt.read_meta(checkpoint)
