@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.runinfo import load_average, machine, today  # noqa: E402
+from benchmarks.stats import fmt, t_interval  # noqa: E402
 
 CONFIG = ROOT / "configs" / "movielens.yaml"
 DATA = ROOT / "data" / "movielens"
@@ -80,7 +81,6 @@ RECIPE = [
 ]
 ALPHAS = [1, 2, 5, 10, 20, 50, 100, 200]
 L2S = [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 14: 2.145}
 
 
 def data() -> dict:
@@ -349,19 +349,6 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- report
-
-def t_interval(xs: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95 % t-interval); half-width nan for one value."""
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    return m, T975.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
-def fmt(xs: list[float], digits: int = 4) -> str:
-    m, h = t_interval(xs)
-    return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
-
 
 def paired(runs: list[dict], fusions: list[str], a: str, b: str, metric: str, task: str | None) -> str:
     """Bottom a − bottom b, paired by (fusion, seed), of ``metric`` on ``task`` (None: the mean

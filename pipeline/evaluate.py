@@ -7,6 +7,11 @@
 Runs as one process or under torchrun; a checkpoint saved by any number of ranks loads
 through DCP's resharding. Metrics stream (fixed memory whatever the eval set's size) and
 are summed across ranks. A task with a ``space`` is scored only where its gating label is 1.
+
+A checkpoint of a follow-mode run (``train.follow``) also carries its progressive curve: each
+partition scored before the model trained on it, up to the checkpoint's step, read from the
+run's train_log.jsonl into the JSON, the Markdown and ``progressive.png``. Without eval data
+(no ``--data``, no ``data.eval``) evaluate writes that curve alone.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from pathlib import Path
 
 from fusionrec.datasets.reader import make_loader
 from fusionrec.errors import UserError, exit_on_user_error
+from fusionrec.pipeline import checkpoint as ckpt
 from fusionrec.pipeline import job, report
 from fusionrec.pipeline.cli_common import add_common_args
 from fusionrec.pipeline.config import ExperimentConfig
 from fusionrec.pipeline.distributed import DistInfo
 from fusionrec.pipeline.logs import quiet_third_party, say
 from fusionrec.pipeline.predictions import PredictionWriter, predictions_path
+from fusionrec.pipeline.progressive import curve_markdown, progressive_curve
 from fusionrec.pipeline.scoring import ScoreOptions, ScoreResult, score
 
 
@@ -95,8 +102,9 @@ def evaluate(
     return result, scored
 
 
-def write_outputs(result: dict, scored: ScoreResult, out: Path, plots: bool) -> list[Path]:
-    """JSON at ``out``, Markdown beside it, PNG plots in ``<out stem>_plots/``; returns the files."""
+def write_outputs(result: dict, scored: ScoreResult | None, out: Path, plots: bool) -> list[Path]:
+    """JSON at ``out``, Markdown beside it, PNG plots in ``<out stem>_plots/``; returns the files.
+    ``scored`` None: a progressive curve alone (no curves of an eval set to plot)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     written = [out]
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -104,14 +112,17 @@ def write_outputs(result: dict, scored: ScoreResult, out: Path, plots: bool) -> 
     if plots:
         folder = out.parent / f"{out.stem}_plots"
         folder.mkdir(exist_ok=True)
-        aucs = {t: result["tasks"][t].get("auc", float("nan")) for t in scored.roc}
-        if scored.roc:
+        if scored is not None and scored.roc:
+            aucs = {t: result["tasks"][t].get("auc", float("nan")) for t in scored.roc}
             report.plot_roc(scored.roc, aucs, folder / "roc.png")
             report.plot_calibration(scored.calibration, folder / "calibration.png")
             images.update(roc=f"{folder.name}/roc.png", calibration=f"{folder.name}/calibration.png")
-        if scored.fusion:
+        if scored is not None and scored.fusion:
             report.plot_fusion(scored.fusion, folder / "fusion.png")
             images["fusion"] = f"{folder.name}/fusion.png"
+        if result.get("progressive"):
+            report.plot_progressive(result["progressive"], folder / "progressive.png")
+            images["progressive"] = f"{folder.name}/progressive.png"
         written += [out.parent / p for p in images.values()]
     summary = out.with_suffix(".md")
     summary.write_text(report.markdown(result, images))
@@ -137,17 +148,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error():
         cfg = job.load_job_config(args.config, args.set)
+        main_rank = os.environ.get("RANK", "0") == "0"
+        checkpoint = job.resolve_checkpoint(args.checkpoint, announce=main_rank)
+        step = ckpt.read_meta(checkpoint)["step"]
+        curve = progressive_curve(checkpoint.parent.parent, up_to_step=step)  # RUN_DIR/checkpoints/step_N
         data = args.data or cfg.data.eval
+        if data is None and not curve:
+            raise UserError("no eval data: pass --data or set data.eval in the config (a follow-mode run's "
+                            "progressive curve needs neither, but this checkpoint's run has none)")  # fmt: skip
+        if data is None and args.predictions:
+            raise UserError("--predictions: needs eval data (--data or data.eval)")
         if data is None:
-            raise UserError("no eval data: pass --data or set data.eval in the config")
-        checkpoint = job.resolve_checkpoint(args.checkpoint, announce=os.environ.get("RANK", "0") == "0")
-        batch_size = args.batch_size or cfg.eval.batch_size or cfg.data.batch_size
-        options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
-        with job.process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
-            result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options, args.predictions)
-        if info.is_main:
-            say(f"{result['model']} @ step {result['step']} on {result['samples']} rows of {data}")
-            say(format_table(result))
+            result, scored = {"model": cfg.model.name, "checkpoint": str(checkpoint), "step": step}, None
+        else:
+            batch_size = args.batch_size or cfg.eval.batch_size or cfg.data.batch_size
+            options = ScoreOptions(bootstrap=args.bootstrap, seed=args.seed, fusion_batches=args.fusion_batches)
+            with job.process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
+                result, scored = evaluate(cfg, checkpoint, data, batch_size, info, options, args.predictions)
+        if curve:
+            result["progressive"] = curve
+        if main_rank:
+            if scored is not None:
+                say(f"{result['model']} @ step {result['step']} on {result['samples']} rows of {data}")
+                say(format_table(result))
+            if curve:
+                say(f"progressive evaluation: {len(curve)} partition(s) of {checkpoint.parent.parent}, "
+                    f"{curve[0]['partition']} to {curve[-1]['partition']}")
+                say("\n".join(curve_markdown(curve)))
             if args.out:
                 for path in write_outputs(result, scored, Path(args.out), plots=not args.no_plots):
                     say(f"wrote {path}")

@@ -27,6 +27,29 @@ def say(message: str, *, enabled: bool = True, stream: Optional[TextIO] = None) 
         print(message, file=stream or sys.stdout, flush=True)
 
 
+TRAIN_LOG = "train_log.jsonl"  # in the run dir: every log line, evaluation and event of a training job
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; [] if there is none. A last line cut short (the
+    writer was killed mid-write) is left out; a damaged line before it is an error naming it."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record") from None
+    return out
+
+
 class JsonlLog:
     """Appends one JSON object per line to ``path`` (rank 0 only)."""
 

@@ -4,7 +4,9 @@
 * ``calibration.png``: one reliability diagram per binary task (observed positive rate
   against mean prediction per prediction bin; the diagonal is perfect calibration);
 * ``fusion.png``: the task-to-task fusion matrix of each fusion level as a heatmap (AdaTT,
-  PLE: gate mass each row unit puts on each column unit's experts; cross-stitch: α).
+  PLE: gate mass each row unit puts on each column unit's experts; cross-stitch: α);
+* ``progressive.png``: of a follow-mode run, each task's AUC, NE and calibration on every
+  partition, scored before the model trained on it (``pipeline.progressive``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+from fusionrec.pipeline.progressive import CURVE_METRICS, curve_markdown
 
 import matplotlib
 
@@ -26,17 +30,30 @@ def _fmt(value: Any) -> str:
 
 
 def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
-    """The Markdown summary of an evaluation result (the JSON written by pipeline.evaluate)."""
-    lines = [
-        f"# Evaluation: {result['model']} at step {result['step']}",
-        "",
-        f"- checkpoint: `{result['checkpoint']}`",
-        f"- data: `{result['data']}` ({result['samples']} rows, {result['world_size']} rank(s))",
-        "",
-    ]
+    """The Markdown summary of an evaluation result (the JSON written by pipeline.evaluate);
+    a result without ``tasks`` is a follow-mode run's progressive curve alone."""
+    lines = [f"# Evaluation: {result['model']} at step {result['step']}", "", f"- checkpoint: `{result['checkpoint']}`"]
+    if "tasks" in result:
+        lines.append(f"- data: `{result['data']}` ({result['samples']} rows, {result['world_size']} rank(s))")
+        lines += [""] + _task_table(result)
+    for level, entry in enumerate(result.get("fusion") or []):
+        rows, cols, matrix = entry["rows"], entry["columns"], entry["matrix"]
+        lines += ["", f"## Fusion level {level + 1} ({entry['kind']})", "", "| from \\ to | " + " | ".join(cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        lines += [f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for r, row in zip(rows, matrix)]
+    if result.get("progressive"):
+        lines += ["", "## Progressive evaluation", "",
+                  "Each partition scored by the model as it was before training on it (train.follow).", ""]
+        lines += curve_markdown(result["progressive"])
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _task_table(result: dict[str, Any]) -> list[str]:
     columns = ["auc", "gauc", "ne", "logloss", "calibration", "positive_rate", "mse", "mae", "count"]
     present = [c for c in columns if any(c in t for t in result["tasks"].values())]
-    lines += ["| task | " + " | ".join(present) + " |", "|---|" + "---:|" * len(present)]
+    lines = ["| task | " + " | ".join(present) + " |", "|---|" + "---:|" * len(present)]
     for name, metrics in result["tasks"].items():
         cells = []
         for c in present:
@@ -49,14 +66,7 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     if any("ci" in t for t in result["tasks"].values()):
         lines += ["", f"Brackets: {result.get('bootstrap', {}).get('level', 0.95):.0%} bootstrap intervals "
                       f"({result.get('bootstrap', {}).get('replicates')} Poisson replicates)."]
-    for level, entry in enumerate(result.get("fusion") or []):
-        rows, cols, matrix = entry["rows"], entry["columns"], entry["matrix"]
-        lines += ["", f"## Fusion level {level + 1} ({entry['kind']})", "", "| from \\ to | " + " | ".join(cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
-        lines += [f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for r, row in zip(rows, matrix)]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _grid(n: int) -> tuple[plt.Figure, list]:
@@ -108,6 +118,30 @@ def plot_fusion(levels: list[dict], path: Path) -> None:
         ax.set(title=f"fusion level {i + 1}", xlabel="experts of", ylabel="fused by")
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(levels[0]["kind"] if levels else "")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_progressive(curve: list[dict[str, Any]], path: Path) -> None:
+    """One panel per metric (AUC, NE, calibration; MSE for regression tasks), one line per
+    task, over the partitions in training order."""
+    tasks = list(curve[0]["tasks"])
+    metrics = [m for m in CURVE_METRICS if any(m in p["tasks"].get(t, {}) for p in curve for t in tasks)]
+    fig, axes = _grid(len(metrics))
+    x = list(range(len(curve)))
+    for ax, metric in zip(axes, metrics):
+        for task in tasks:
+            y = [p["tasks"].get(task, {}).get(metric) for p in curve]
+            y = [math.nan if v is None else v for v in y]
+            if not all(math.isnan(v) for v in y):
+                ax.plot(x, y, marker="o", ms=3, lw=1.5, label=task)
+        if metric == "calibration":
+            ax.axhline(1.0, ls="--", c="grey", lw=1)
+        every = max(1, math.ceil(len(curve) / 8))
+        ax.set_xticks(x[::every], [p["partition"] for p in curve[::every]], rotation=45, ha="right", fontsize=7)
+        ax.set(title=f"progressive {metric}", xlabel="partition (scored before training on it)", ylabel=metric)
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -41,7 +41,7 @@ from fusionrec.pipeline.config import EarlyStoppingConfig, ExperimentConfig
 from fusionrec.pipeline.follow import follow
 from fusionrec.pipeline.distributed import DistInfo, all_reduce
 from fusionrec.pipeline.lifecycle import StopRequest, signal_name
-from fusionrec.pipeline.logs import JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
+from fusionrec.pipeline.logs import TRAIN_LOG, JsonlLog, ProgressBar, TensorBoardLog, quiet_third_party, say
 from fusionrec.pipeline.optimizers import build_optimizer, set_schedule_length
 from fusionrec.pipeline.scoring import score
 from fusionrec.pipeline.train_metrics import TrainMetrics
@@ -195,7 +195,7 @@ class Trainer:
         self.stopped_by = 0  # the signal the ranks agreed to stop on (0: none)
         self.last_saved: Optional[tuple[int, Path]] = None
         self.global_batch = cfg.data.batch_size * info.world_size
-        self.jsonl = JsonlLog(run_dir / "train_log.jsonl" if self.main else None)
+        self.jsonl = JsonlLog(run_dir / TRAIN_LOG if self.main else None)
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self, path: Path) -> None:
@@ -472,6 +472,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
             latest = job.resolve_checkpoint(run_dir, announce=info.is_main)
         if latest is not None:
             trainer.restore(latest)
+        elif trainer.follow and ckpt.list_checkpoints(run_dir):
+            # Starting over would train every partition again into a run dir (exports, log)
+            # that says they were trained: a restarted follow job must say --resume.
+            raise UserError(f"--run-dir {run_dir}: holds checkpoints of a follow run; continue it with --resume "
+                            "(every partition then stays trained once) or start over in a new run dir")  # fmt: skip
         elif resume:
             say(f"--resume: no complete checkpoint in {run_dir}, starting from scratch", enabled=info.is_main)
         if trainer.follow:

@@ -178,8 +178,19 @@ def test_follow_trains_every_row_once_across_a_kill_and_a_resume_on_another_worl
     torch.testing.assert_close(model(*inputs), expected)
     assert [r["version"] for r in log if r.get("event") == "exported"] == ["000002", "000004", "000006"]
 
+    # evaluate writes the run's progressive curve (no eval data needed) and its plot.
+    out = tmp_path / "eval" / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "fusionrec.pipeline.evaluate", "--config", CONFIG, "--checkpoint",
+                           str(run_dir), "--out", str(out)], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = json.loads(out.read_text())["progressive"]
+    assert [p["partition"] for p in curve] == [partition_name(i) for i in order]
+    assert curve[-1]["tasks"] == scored[partition_name(5)]["progressive"]
+    assert (out.parent / "eval_plots" / "progressive.png").is_file()
 
-def test_a_partition_that_fails_the_schema_check_stops_the_job_with_one_line(tmp_path):
+
+def test_a_partition_failing_the_schema_check_stops_the_job_with_one_line_and_a_restart_needs_resume(tmp_path):
     root, run_dir = tmp_path / "log", tmp_path / "run"
     schema, synthetic_cfg = load_synthetic(CONFIG)
     world = SyntheticWorld(schema, synthetic_cfg)
@@ -195,3 +206,11 @@ def test_a_partition_that_fails_the_schema_check_stops_the_job_with_one_line(tmp
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad / "part-00000.parquet") in errors[0] and "item_price" in errors[0], proc.stderr
     assert trained(run_dir) == [partition_name(0)]  # the good partition before it was trained and kept
+
+    # Restarted without --resume, the job would train partition 0 again: refused.
+    again = subprocess.run([sys.executable, "-m", "fusionrec.pipeline.train", "--config", CONFIG, "--train-data", str(root),
+                            "--run-dir", str(run_dir), *sets(SETTINGS)], cwd=REPO, env=child_env(), capture_output=True,
+                           text=True, timeout=240)  # fmt: skip
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "holds checkpoints of a follow run; continue it with --resume" in again.stderr
+    assert trained(run_dir) == [partition_name(0)]
