@@ -184,6 +184,20 @@ def report(result: dict) -> str:
                               for d in drifts if d != 0.0) + "."]  # fmt: skip
     for drift in drifts:
         runs = [r for r in result["runs"] if r["drift"] == drift]
+        names = list(runs[0]["stopped"])
+
+        def mean_auc(arm: str, name: str) -> float:
+            return statistics.fmean(statistics.fmean(r[arm][name].values()) for r in runs)
+
+        same = max(abs(r["continuous"][names[0]][t] - r["stopped"][names[0]][t]) for r in runs for t in TASKS)
+
+        lines += ["", f"Drift {drift:g}: the stopped model's mean AUC goes from {mean_auc('stopped', names[0]):.4f} on "
+                  f"partition {k} to {mean_auc('stopped', names[-1]):.4f} on partition {p - 1}, the continuous model's "
+                  f"from {mean_auc('continuous', names[0]):.4f} to {mean_auc('continuous', names[-1]):.4f}. On "
+                  f"partition {k} both arms are the same model (the same job up to there), scored once by progressive "
+                  f"evaluation and once by `pipeline.evaluate`: largest AUC difference {same:.1e}."]  # fmt: skip
+    for drift in drifts:
+        runs = [r for r in result["runs"] if r["drift"] == drift]
         names = set(runs[0]["stopped"])
         seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
         lines += ["", f"## Per partition, drift {drift:g}: mean AUC over the 3 tasks (mean over {seeds})", "",
