@@ -54,15 +54,17 @@ DATA_OF = {"demo": "demo", "large": "large", "tiny": "demo"}  # the tiny config 
 
 # --------------------------------------------------------------------------- phases
 # Top-level ``record_function`` ranges of one TrainPipelineSparseDist.progress call (torchrec
-# 1.8, train_pipelines.py) and of the Trainer loop around it, mapped to step phases.
+# 1.8, train_pipelines.py) and of the Trainer loop around it (``## fusionrec:* ##``, labelled
+# in pipeline/train.py), mapped to step phases.
 PHASES = [
     ("data", ("## next_batch", "## copy_batch_to_gpu", "## load_batch")),
     ("input_dist", ("## start_sparse_data_dist", "## wait_sparse_data_dist", "## wait_for_batch")),
     ("forward", ("## forward",)),
     ("backward", ("## backward",)),
     ("optimizer", ("## optimizer", "## zero_grad")),
-    ("metrics+loss window", ("## bench:metrics_update", "## bench:loss_window")),
-    ("logging (every log_every steps)", ("## bench:log",)),
+    ("metrics+loss window", ("## fusionrec:metrics_update", "## fusionrec:loss_window")),
+    ("logging (every log_every steps)", ("## fusionrec:log",)),
+    ("stop check", ("## fusionrec:stop_check",)),
 ]
 
 
@@ -152,7 +154,9 @@ def worker(args: argparse.Namespace) -> int:
     if args.mallopt:
         keep_freed_memory()
     quiet_third_party()
-    overrides = list(args.set or []) + [f"train.max_steps={args.warmup + args.steps}", "checkpoint.every_n_steps=0"]
+    # --profile-all-ranks profiles after the timed steps, so the timing is of unprofiled steps.
+    total = args.warmup + args.steps + (args.profile_steps if args.profile_all_ranks else 0)
+    overrides = list(args.set or []) + [f"train.max_steps={total}", "checkpoint.every_n_steps=0"]
     cfg = load_job_config(args.config, overrides)
     with process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
         instrumented_run(args, cfg, info)
@@ -164,7 +168,6 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
     rank 0 writes ``args.out``. Nothing of the trainer outlives this call (``job.process_group``)."""
     import fusionrec.pipeline.train as train_mod
     import torch
-    from torch.profiler import record_function
 
     torch.set_num_threads(args.threads)
     if args.cold_cache:  # an empty inductor cache of this rank's own: compile times are cold ones
@@ -179,8 +182,8 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
     stamps: list[float] = []
     cpu_marks: list[float] = []
     prof_holder: dict = {}
-    profile_from = args.warmup
-    profile_to = args.warmup + args.profile_steps
+    profile_from = args.warmup + (args.steps if args.profile_all_ranks else 0)
+    profile_to = profile_from + args.profile_steps
 
     base = train_mod.TrainPipelineSparseDist
 
@@ -195,7 +198,7 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
                 from fusionrec.pipeline.compiled import compile_stats
 
                 prof_holder["compile_at_warmup"] = compile_stats(self._model, info.device)
-            if args.profile and info.rank == 0:
+            if args.profile and (info.rank == 0 or args.profile_all_ranks):
                 if n == profile_from:
                     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
                     prof.__enter__()
@@ -209,28 +212,6 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
     if args.no_metrics:
         train_mod.TrainMetrics.update = lambda self, *a, **k: None
         train_mod.TrainMetrics.compute = lambda self: {}
-    else:
-        orig_update = train_mod.TrainMetrics.update
-
-        def update(self, *a, **k):
-            with record_function("## bench:metrics_update ##"):
-                return orig_update(self, *a, **k)
-
-        train_mod.TrainMetrics.update = update
-        orig_compute = train_mod.TrainMetrics.compute
-
-        def compute(self):
-            with record_function("## bench:log ##"):
-                return orig_compute(self)
-
-        train_mod.TrainMetrics.compute = compute
-    orig_add = train_mod.LossWindow.add
-
-    def add(self, outputs):
-        with record_function("## bench:loss_window ##"):
-            return orig_add(self, outputs)
-
-    train_mod.LossWindow.add = add
     train_mod.Trainer.save = lambda self: None
     trainer = train_mod.Trainer(cfg, Path(args.run_dir), info)
     run_start = time.perf_counter()
@@ -246,6 +227,14 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
 
         mine = {"at_warmup": prof_holder.get("compile_at_warmup"), "at_end": compile_stats(trainer.model, info.device)}
         dist.all_gather_object(compiled_by_rank, mine)
+    accounts = [None] * info.world_size
+    if args.profile_all_ranks:  # every rank's own step, phase by phase (benchmarks/step_breakdown.py)
+        from benchmarks.step_breakdown import account
+
+        wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
+        mine = account(prof_holder["prof"].events(), args.profile_steps, wall)
+        mine["top_ops"] = prof_holder["prof"].key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        dist.all_gather_object(accounts, mine)
     if info.rank == 0:
         w, n = args.warmup, args.steps
         elapsed = stamps[w + n - 1] - stamps[w - 1]
@@ -259,7 +248,7 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
             "world_size": info.world_size,
             "threads_per_rank": torch.get_num_threads(),
         }
-        step_ms = sorted(1000 * (b - a) for a, b in zip(stamps[w - 1 : -1], stamps[w:]))
+        step_ms = sorted(1000 * (b - a) for a, b in zip(stamps[w - 1 : w + n - 1], stamps[w : w + n]))
         result["step_ms_median"] = step_ms[len(step_ms) // 2]
         # From Trainer.run to the end of the first / the warm-up steps: pipeline fill, and the
         # compiles under train.compile (compile time ~ this minus an eager run's).
@@ -279,6 +268,8 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
         recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         recs = [r for r in recs if "samples_per_s" in r]
         result["trainer_log_samples_per_s"] = [r["samples_per_s"] for r in recs if r["step"] > w]
+        if args.profile_all_ranks:
+            result["accounts_by_rank"] = accounts
         if "prof" in prof_holder:
             prof = prof_holder["prof"]
             wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
@@ -671,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-metrics", action="store_true")
+    p.add_argument("--profile-all-ranks", action="store_true",
+                   help="worker: profile every rank and account for its step (benchmarks/step_breakdown.py)")
     p.add_argument("--mallopt", action="store_true", help="worker: call job.keep_freed_memory() first (the real trainer does)")
     p.add_argument("--cold-cache", action="store_true", help="worker: an empty inductor cache per rank (cold compiles)")
     p.add_argument("--tim-layers", action="store_true", help="worker: also compile DTRN's per-length TIM encoder layers")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
+from torch.autograd.profiler import record_function
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
@@ -374,9 +375,11 @@ class Trainer:
         for out in pipeline_steps(pipeline, batches):
             self.after_step(out)
             if every_ckpt and s.step % every_ckpt == 0:
-                self.save()
+                with record_function("## fusionrec:checkpoint ##"):
+                    self.save()
             if s.step % every_stop_check == 0 and s.step < self.max_steps:
-                self.stopped_by = self.stop.agreed()
+                with record_function("## fusionrec:stop_check ##"):
+                    self.stopped_by = self.stop.agreed()
                 if self.stopped_by:
                     return
 
@@ -389,11 +392,14 @@ class Trainer:
         s.batch_in_epoch += 1
         if s.batch_in_epoch == self.pass_batches:
             s.epoch, s.batch_in_epoch, self.pass_batches = s.epoch + 1, 0, self.steps_per_epoch
-        self.window.add(out)
-        self.metrics.update(out.predictions, out.labels, out.weights)
+        with record_function("## fusionrec:loss_window ##"):
+            self.window.add(out)
+        with record_function("## fusionrec:metrics_update ##"):
+            self.metrics.update(out.predictions, out.labels, out.weights)
         self.bar.advance()
         if s.step % self.cfg.train.log_every == 0 or s.step == self.max_steps:
-            self.log_step()
+            with record_function("## fusionrec:log ##"):
+                self.log_step()
 
     def log_step(self) -> None:
         """One log line (collective: every rank calls it at the same step)."""
