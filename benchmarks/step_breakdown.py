@@ -175,6 +175,43 @@ def run_levers(name: str, rounds: int, warmup: int, steps: int) -> dict:
     return {"config": cfg_path, "rounds": rounds, "levers": out}
 
 
+def run_single_process(name: str, rounds: int, warmup: int, steps: int) -> dict:
+    """World size 1 with 2 intra-op threads against the plain trainer on 2 threads, the same
+    batch (the config's rows per rank), alternating which goes first; un-profiled."""
+    cfg_path = throughput.CONFIGS[name]
+    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}"]
+    runs: dict[str, list] = {"fusionrec, 1 rank x 2 threads": [], "plain trainer, 2 threads": []}
+    batch = None
+    for r in range(rounds):
+        for arm in list(runs)[r % 2 :] + list(runs)[: r % 2]:
+            load = load_average()[0]
+            if arm.startswith("fusionrec"):
+                res = throughput.run_fusionrec(name, cfg_path, sets, warmup, steps, 1, mallopt=True, tag="_1rank", threads=2)
+                batch = res["global_batch"]
+            else:
+                res = throughput.run_baseline(name, cfg_path, sets, batch or 256, warmup, steps, 2)
+            runs[arm].append({"round": r, "step_ms": round(res["step_ms_median"], 2), "load_1min": load,
+                              "samples_per_s": round(res["samples_per_s"], 1),
+                              "cpu_ms_per_1k_samples": round(res["cpu_ms_per_1k_samples"], 1)})  # fmt: skip
+    return {"config": cfg_path, "rounds": rounds, "batch": batch, "arms": runs}
+
+
+def render_single(single: dict) -> list[str]:
+    lines = ["", f"## One process, 2 threads: {single['config']}, batch {single['batch']} ({single['rounds']} rounds, "
+             "order alternated)", "",
+             "| arm | samples/s (median) | CPU-ms / 1k samples (median) | runs (samples/s @ load) |",
+             "|---|---:|---:|---|"]  # fmt: skip
+    cpu = {}
+    for arm, runs in single["arms"].items():
+        sps = statistics.median(r["samples_per_s"] for r in runs)
+        cpu[arm] = statistics.median(r["cpu_ms_per_1k_samples"] for r in runs)
+        each = "; ".join(f"{r['samples_per_s']:.0f} @ {r['load_1min']}" for r in runs)
+        lines.append(f"| {arm} | {sps:.0f} | {cpu[arm]:.1f} | {each} |")
+    fr, plain = cpu.values()
+    lines += ["", f"CPU time per sample, fusionrec / plain: {fr / plain:.2f}× (aim: within 1.15×)."]
+    return lines
+
+
 def render_levers(levers: dict) -> list[str]:
     lines = ["", f"## Levers on {levers['config']} (un-profiled, {levers['rounds']} rounds, order rotated)", "",
              "| lever | step ms (median) | CPU-ms / 1k samples (median) | runs (ms @ load) |", "|---|---:|---:|---|"]  # fmt: skip
@@ -221,6 +258,11 @@ def render(result: dict) -> str:
                   top.strip(), "```", "</details>"]  # fmt: skip
     if "levers" in result:
         lines += render_levers(result["levers"])
+    if "single_process_command" in result:
+        lines += ["", f"The single-process runs below: {result['single_process_date']}, "
+                  f"`{result['single_process_command']}`, load at end {result['single_process_load_at_end']}."]
+    for single in result.get("single_process", []):
+        lines += render_single(single)
     notes = RESULTS / "step_breakdown_notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
@@ -234,16 +276,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per run (the profile spans the first ones)")
     parser.add_argument("--profile-steps", type=int, default=30)
     parser.add_argument("--lever-rounds", type=int, default=3, help="rounds of the lever runs on tiny (0: none)")
+    parser.add_argument("--single-rounds", type=int, default=3,
+                        help="rounds of world size 1 x 2 threads against the plain 2-thread trainer (0: none)")
+    parser.add_argument("--only-single", action="store_true",
+                        help="run only the single-process comparison and add it to the existing JSON")
     parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the JSON only")
     args = parser.parse_args(argv)
-    if args.render:
+    if args.render or args.only_single:
         result = json.loads((RESULTS / "step_breakdown.json").read_text())
+        if args.only_single:
+            result["single_process"] = [run_single_process(name, args.single_rounds, args.warmup, args.steps)
+                                        for name in args.configs.split(",")]  # fmt: skip
+            result["single_process_command"] = "python -m benchmarks.step_breakdown " + " ".join(sys.argv[1:])
+            result["single_process_date"], result["single_process_load_at_end"] = run_info()["date"], load_average()
+            (RESULTS / "step_breakdown.json").write_text(json.dumps(result, indent=1) + "\n")
     else:
         info = {**run_info(), "command": "python -m benchmarks.step_breakdown " + " ".join(sys.argv[1:])}
         configs = {name: run_config(name, args.warmup, args.steps, args.profile_steps) for name in args.configs.split(",")}
         result = {**info, "warmup": args.warmup, "profile_steps": args.profile_steps, "configs": configs}
         if args.lever_rounds:
             result["levers"] = run_levers("tiny", args.lever_rounds, args.warmup, args.steps)
+        if args.single_rounds:
+            result["single_process"] = [run_single_process(name, args.single_rounds, args.warmup, args.steps)
+                                        for name in args.configs.split(",")]  # fmt: skip
         result["load_at_end"] = load_average()
         (RESULTS / "step_breakdown.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "step_breakdown.md").write_text(render(result))

@@ -310,6 +310,7 @@ def run_fusionrec(
     mallopt: bool = False,
     cold_cache: bool = False,
     worker_flags: tuple[str, ...] = (),
+    threads: int = 1,
 ) -> dict:
     run_dir = REPO / "runs" / f"bench_{name}_fusionrec{tag}"
     if run_dir.exists():
@@ -344,7 +345,7 @@ def run_fusionrec(
         "--steps",
         str(steps),
         "--threads",
-        "1",
+        str(threads),
     ]
     for s in sets:
         cmd += ["--set", s]
