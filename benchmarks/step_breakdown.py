@@ -35,6 +35,7 @@ them, the reading, is appended to the Markdown when it exists.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import statistics
 import sys
@@ -100,9 +101,9 @@ def account(events, steps: int, step_wall_ms: float) -> dict:
         step_wall_ms: the wall time of one step (the profiled span / steps).
 
     Returns:
-        ``{"phases": {phase: {"wall": ms, kind: ms, ...}}, "step_wall": ms, "unaccounted": ms}``;
-        a phase's kinds sum to its wall time up to what no op event covered (listed as
-        ``unprofiled``), and ``other`` is the step's time outside every labelled phase.
+        ``{"phases": {phase: {"wall": ms, kind: ms, ..., "unprofiled": ms}}, "step_wall": ms}``:
+        a phase's kinds sum to its wall time up to what no event covered (``unprofiled``), and
+        phase ``other`` is the step's time outside every labelled phase.
     """
     evs = list(events)
     main = next((e.thread for e in evs if e.name.startswith("## forward")), None)
@@ -116,8 +117,6 @@ def account(events, steps: int, step_wall_ms: float) -> dict:
     starts = [r[0] for r in top]
 
     def phase_at(t: float) -> str:
-        import bisect  # noqa: PLC0415
-
         i = bisect.bisect_right(starts, t) - 1
         return top[i][2] if i >= 0 and top[i][0] <= t < top[i][1] else "other"
 
