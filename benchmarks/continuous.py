@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.runinfo import load_average, run_info  # noqa: E402
-from benchmarks.stats import fmt, t_interval  # noqa: E402
+from benchmarks.stats import fmt  # noqa: E402
 
 CONFIG = ROOT / "configs" / "stream.yaml"
 RUNS = ROOT / "runs" / "continuous"
@@ -143,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def report(result: dict) -> str:
     k, p = result["stop_after"], result["partitions"]
     drifts = sorted({r["drift"] for r in result["runs"]}, reverse=True)
+    by_drift = {d: [r for r in result["runs"] if r["drift"] == d] for d in drifts}
     lines = [
         "# Continuous training under drift (issue 23)",
         "",
@@ -162,7 +163,7 @@ def report(result: dict) -> str:
     ]
     gaps: dict[float, list[float]] = {}
     for drift in drifts:
-        runs = [r for r in result["runs"] if r["drift"] == drift]
+        runs = by_drift[drift]
         for task in (*TASKS, "mean"):
             def auc(r: dict, arm: str, name: str) -> float:
                 return statistics.fmean(r[arm][name].values()) if task == "mean" else r[arm][name][task]
@@ -172,10 +173,9 @@ def report(result: dict) -> str:
             diff = [c - s for c, s in zip(cont, stop)]
             pairs = [(auc(r, "continuous", n), auc(r, "stopped", n)) for r in runs for n in r["stopped"]]
             won = sum(c > s for c, s in pairs)
-            m, h = t_interval(diff)
-            cell = f"{m:+.4f}" if h != h else f"{m:+.4f} ± {h:.4f}"
             label = f"**{task}**" if task == "mean" else task
-            lines.append(f"| {drift:g} | {len(runs)} | {label} | {fmt(cont)} | {fmt(stop)} | {cell} | {won}/{len(pairs)} |")
+            lines.append(f"| {drift:g} | {len(runs)} | {label} | {fmt(cont)} | {fmt(stop)} | {fmt(diff, signed=True)} | "
+                         f"{won}/{len(pairs)} |")
             if task == "mean":
                 gaps[drift] = diff
     if 0.0 in gaps and len(gaps) > 1:
@@ -183,7 +183,7 @@ def report(result: dict) -> str:
                   + "; ".join(f"drift {d:g}: {statistics.fmean(gaps[d]) - statistics.fmean(gaps[0.0]):+.4f} mean AUC"
                               for d in drifts if d != 0.0) + "."]  # fmt: skip
     for drift in drifts:
-        runs = [r for r in result["runs"] if r["drift"] == drift]
+        runs = by_drift[drift]
         names = list(runs[0]["stopped"])
 
         def mean_auc(arm: str, name: str) -> float:
@@ -197,7 +197,7 @@ def report(result: dict) -> str:
                   f"partition {k} both arms are the same model (the same job up to there), scored once by progressive "
                   f"evaluation and once by `pipeline.evaluate`: largest AUC difference {same:.1e}."]  # fmt: skip
     for drift in drifts:
-        runs = [r for r in result["runs"] if r["drift"] == drift]
+        runs = by_drift[drift]
         names = set(runs[0]["stopped"])
         seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
         lines += ["", f"## Per partition, drift {drift:g}: mean AUC over the 3 tasks (mean over {seeds})", "",

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.runinfo import load_average, machine, today  # noqa: E402
-from benchmarks.stats import fmt, t_interval  # noqa: E402
+from benchmarks.stats import fmt  # noqa: E402
 
 CONFIG = ROOT / "configs" / "movielens.yaml"
 DATA = ROOT / "data" / "movielens"
@@ -362,9 +361,7 @@ def paired(runs: list[dict], fusions: list[str], a: str, b: str, metric: str, ta
         return r[metric][task] if task else statistics.fmean(r[metric].values())
 
     d = [value(by[(f, a, s)]) - value(by[(f, b, s)]) for f, s in pairs]
-    m, h = t_interval(d)
-    body = f"{m:+.4f}" if math.isnan(h) else f"{m:+.4f} ± {h:.4f}"
-    return f"{body} ({sum(x > 0 for x in d)}/{len(d)})"
+    return f"{fmt(d, signed=True)} ({sum(x > 0 for x in d)}/{len(d)})"
 
 
 def cmd_report(args: argparse.Namespace) -> None:

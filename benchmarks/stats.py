@@ -17,6 +17,8 @@ def t_interval(xs: list[float]) -> tuple[float, float]:
     return m, T975.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
-def fmt(xs: list[float], digits: int = 4) -> str:
+def fmt(xs: list[float], digits: int = 4, signed: bool = False) -> str:
+    """``mean ± half-width`` (the mean alone for one value); ``signed``: a difference, with its sign."""
     m, h = t_interval(xs)
-    return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
+    mean = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
+    return mean if math.isnan(h) else f"{mean} ± {h:.{digits}f}"

@@ -70,13 +70,6 @@ COLLECTIVE = ("all_to_all", "alltoall", "all2all", "reduce_scatter", "reducescat
 EMBEDDING = ("embedding", "codegen", "tbe", "lookup", "adagrad", "pooled")
 
 
-def phase_of(name: str) -> str | None:
-    for phase, prefixes in PHASES:
-        if any(name.startswith(p) for p in prefixes):
-            return phase
-    return None
-
-
 def kind_of(name: str) -> str:
     low = name.lower()
     if any(k in low for k in COLLECTIVE):
@@ -108,7 +101,8 @@ def account(events, steps: int, step_wall_ms: float) -> dict:
     evs = list(events)
     main = next((e.thread for e in evs if e.name.startswith("## forward")), None)
     evs = [e for e in evs if e.thread == main]
-    ranges = sorted((e.time_range.start, e.time_range.end, phase_of(e.name)) for e in evs if phase_of(e.name))
+    phased = [(e, throughput.phase_of(e.name, PHASES)) for e in evs]
+    ranges = sorted((e.time_range.start, e.time_range.end, phase) for e, phase in phased if phase)
     top, last_end = [], -1
     for start, end, phase in ranges:
         if start >= last_end:
@@ -157,14 +151,18 @@ LEVERS = {
 }
 
 
+def rotated(items: list[str], r: int) -> list[str]:
+    """Round ``r``'s order: each item goes first once every len(items) rounds."""
+    return items[r % len(items) :] + items[: r % len(items)]
+
+
 def run_levers(name: str, rounds: int, warmup: int, steps: int) -> dict:
     """Each lever once per round, the order rotated between rounds; un-profiled step time and CPU."""
     cfg_path = throughput.CONFIGS[name]
     sets = [f"data.train={throughput.ensure_data(name, cfg_path)}"]
     out: dict[str, list] = {lever: [] for lever in LEVERS}
-    names = list(LEVERS)
     for r in range(rounds):
-        for lever in names[r % len(names) :] + names[: r % len(names)]:
+        for lever in rotated(list(LEVERS), r):
             extra, flags = LEVERS[lever]
             load = load_average()[0]
             res = throughput.run_fusionrec(name, cfg_path, sets + extra, warmup, steps, 2, mallopt=True, tag="_lever",
@@ -182,7 +180,7 @@ def run_single_process(name: str, rounds: int, warmup: int, steps: int) -> dict:
     runs: dict[str, list] = {"fusionrec, 1 rank x 2 threads": [], "plain trainer, 2 threads": []}
     batch = None
     for r in range(rounds):
-        for arm in list(runs)[r % 2 :] + list(runs)[: r % 2]:
+        for arm in rotated(list(runs), r):
             load = load_average()[0]
             if arm.startswith("fusionrec"):
                 res = throughput.run_fusionrec(name, cfg_path, sets, warmup, steps, 1, mallopt=True, tag="_1rank", threads=2)
@@ -281,27 +279,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the single-process comparison and add it to the existing JSON")
     parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the JSON only")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.step_breakdown " + " ".join(sys.argv[1:])
+    names = args.configs.split(",")
+
+    def single_process() -> list[dict]:
+        return [run_single_process(name, args.single_rounds, args.warmup, args.steps) for name in names]
+
     if args.render or args.only_single:
         result = json.loads((RESULTS / "step_breakdown.json").read_text())
         if args.only_single:
-            result["single_process"] = [run_single_process(name, args.single_rounds, args.warmup, args.steps)
-                                        for name in args.configs.split(",")]  # fmt: skip
-            result["single_process_command"] = "python -m benchmarks.step_breakdown " + " ".join(sys.argv[1:])
+            result["single_process"] = single_process()
+            result["single_process_command"] = command
             result["single_process_date"], result["single_process_load_at_end"] = run_info()["date"], load_average()
-            (RESULTS / "step_breakdown.json").write_text(json.dumps(result, indent=1) + "\n")
     else:
-        info = {**run_info(), "command": "python -m benchmarks.step_breakdown " + " ".join(sys.argv[1:])}
-        configs = {name: run_config(name, args.warmup, args.steps, args.profile_steps) for name in args.configs.split(",")}
-        result = {**info, "warmup": args.warmup, "profile_steps": args.profile_steps, "configs": configs}
+        configs = {name: run_config(name, args.warmup, args.steps, args.profile_steps) for name in names}
+        result = {**run_info(), "command": command, "warmup": args.warmup, "profile_steps": args.profile_steps,
+                  "configs": configs}  # fmt: skip
         if args.lever_rounds:
             result["levers"] = run_levers("tiny", args.lever_rounds, args.warmup, args.steps)
         if args.single_rounds:
-            result["single_process"] = [run_single_process(name, args.single_rounds, args.warmup, args.steps)
-                                        for name in args.configs.split(",")]  # fmt: skip
+            result["single_process"] = single_process()
         result["load_at_end"] = load_average()
+    if not args.render:
         (RESULTS / "step_breakdown.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "step_breakdown.md").write_text(render(result))
-    print(render(result))
+    markdown = render(result)
+    (RESULTS / "step_breakdown.md").write_text(markdown)
+    print(markdown)
     return 0
 
 

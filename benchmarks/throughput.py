@@ -68,8 +68,10 @@ PHASES = [
 ]
 
 
-def phase_of(name: str) -> str | None:
-    for phase, prefixes in PHASES:
+def phase_of(name: str, phases: list[tuple[str, tuple[str, ...]]] = PHASES) -> str | None:
+    """The phase of a profiler range named ``name``: the first of ``phases`` one of whose
+    prefixes it starts with (None: not a phase range)."""
+    for phase, prefixes in phases:
         if any(name.startswith(p) for p in prefixes):
             return phase
     return None

@@ -474,11 +474,12 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo) ->
         trainer = Trainer(cfg, run_dir, info)
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         latest = None
-        if (resume or restarted) and ckpt.list_checkpoints(run_dir):
+        saved = ckpt.list_checkpoints(run_dir)
+        if (resume or restarted) and saved:
             latest = job.resolve_checkpoint(run_dir, announce=info.is_main)
         if latest is not None:
             trainer.restore(latest)
-        elif trainer.follow and ckpt.list_checkpoints(run_dir):
+        elif trainer.follow and saved:
             # Starting over would train every partition again into a run dir (exports, log)
             # that says they were trained: a restarted follow job must say --resume.
             raise UserError(f"--run-dir {run_dir}: holds checkpoints of a follow run; continue it with --resume "

@@ -23,6 +23,7 @@ import torch
 
 from fusionrec.datasets.synthetic import SyntheticWorld, load_config as load_synthetic, partition_name, write_partition
 from fusionrec.pipeline import artifact, checkpoint as ckpt
+from fusionrec.pipeline.logs import TRAIN_LOG, read_jsonl
 from tests.launch import REPO, TORCHRUN, child_env, child_pids, free_port
 
 pytestmark = pytest.mark.slow
@@ -45,11 +46,8 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
 
 
 def records(run_dir: Path) -> list[dict]:
-    try:
-        text = (run_dir / "train_log.jsonl").read_text()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The run's train_log.jsonl so far (read while the job appends: a torn last line is left out)."""
+    return read_jsonl(run_dir / TRAIN_LOG)
 
 
 def trained(run_dir: Path) -> list[str]:
