@@ -1,34 +1,35 @@
-"""Throughput benchmark: fusionrec (TorchRec, 2 CPU ranks under torchrun) against a plain
-PyTorch trainer of the same model (benchmarks/baseline_trainer.py, one process).
+"""Throughput benchmark: fusionrec (TorchRec, CPU ranks under torchrun) against a plain PyTorch
+trainer of the same model (benchmarks/baseline_trainer.py, one process).
 
     python benchmarks/throughput.py --json benchmarks/results/throughput.json \
-        --md benchmarks/results/throughput.md
+        --md benchmarks/results/throughput.md --notes benchmarks/results/throughput_notes.md
 
-For each config (``configs/bench_tiny.yaml``: the demo with a trivially small dense model, which
-isolates the fixed per-step cost; ``configs/demo.yaml``; ``configs/bench_large.yaml``):
+Configs: ``tiny`` (``configs/bench_tiny.yaml``: the demo with a trivially small dense model,
+which isolates the fixed per-step cost), ``demo`` (``configs/demo.yaml``), ``demo_b2048`` (the
+demo at 2,048 rows per rank, both arms: the fixed cost amortised as production batch sizes
+amortise it) and ``large`` (``configs/bench_large.yaml``). For each:
 
 1. Synthetic logs under ``data/bench_<name>`` (``datasets.synthetic``) unless already there.
-2. ``--repeats`` rounds, each running, one after the other (never at the same time):
-   * fusionrec: ``torchrun --nproc_per_node 2`` on this file's ``--worker`` mode, which builds
-     the real :class:`pipeline.train.Trainer` (planner, DMP, fused row-wise Adagrad,
-     TrainPipelineSparseDist, torchrec.metrics every step, JSONL log) and runs ``warmup +
-     steps`` steps with 1 intra-op thread per rank (``OMP_NUM_THREADS=1``); only the checkpoint
-     save is switched off. samples/s = ``steps x global batch / wall time of the last
-     `steps` steps`` (rank 0's clock, from after step ``warmup`` to after the last step, logging
-     included); the Trainer's own ``samples_per_s`` records are kept alongside;
-   * baseline: ``benchmarks/baseline_trainer.py`` on 2 threads and on 1 thread, the same
-     global batch, the same reader, ``warmup`` untimed steps then ``steps`` timed ones; the
-     competitor of a round is whichever of the two was faster in it;
-   * the single-thread GEMM rate (2048³ and the model's largest matmul shapes), for dense MFU.
-   Every process runs with the real trainer's malloc setting (``job.keep_freed_memory``). The
-   order rotates between rounds so that drifts in the machine's load hit every arm alike; the
-   1-minute load average before each arm is recorded. The ratio is computed per round (same
-   round = same neighbours), and the reported ratio is the median over rounds.
-3. One extra fusionrec run per config with ``torch.profiler`` on rank 0 over ``--profile-steps``
-   steady-state steps, reduced to a step-time breakdown (see :func:`breakdown`).
+2. ``--repeats`` rounds; each runs every arm of :func:`arms_for` once, one after the other
+   (never at the same time), in an order that rotates between rounds so that drifts in the
+   machine's load hit every arm alike, then measures the single-thread GEMM rate (for dense
+   MFU). The 1-minute load average before each arm is recorded.
+   * fusionrec: ``torchrun`` on this file's ``--worker`` mode, which builds the real
+     :class:`pipeline.train.Trainer` (planner, DMP, fused row-wise Adagrad,
+     TrainPipelineSparseDist, torchrec.metrics, the JSONL log, the stop check) and runs ``warmup
+     + steps`` steps with 1 intra-op thread per rank; only the checkpoint save is switched off.
+     The arms: the config as written; where it pins sharding types, the same without the
+     constraints (the planner's ``sharding.proposals: auto`` choice); on tiny and demo, one
+     process with 2 intra-op threads reading the global batch;
+   * the plain trainer on 2 threads and on 1 thread, the same global batch, the same reader;
+   samples/s = ``steps x global batch / wall time of the last `steps` steps`` (rank 0's clock,
+   logging included), CPU time = user + system of every process over the same steps.
+   Every process runs with the real trainer's malloc setting (``job.keep_freed_memory``).
+3. Ratios are taken per round (same round = same neighbours), then the median over rounds.
 
-Global batch is equal: fusionrec ``2 ranks x B`` against the baseline's ``2B`` in one process,
-so both make the same number of optimizer updates per sample.
+Global batch is equal in every arm (fusionrec ``ranks x B`` against the plain trainer's
+``ranks x B`` in one process), so all make the same number of optimizer updates per sample.
+The per-phase account of a step is ``benchmarks/step_breakdown.py``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,6 +267,7 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
                 "dynamo_time_s_rank0": {k: round(v, 2) for k, v in calculate_time_spent().items()},
             }
         result["cpu_s_per_rank"] = every
+        result["plan"] = {row["table"]: row["sharding_type"] for row in trainer.plan_rows}
         result["cpu_ms_per_1k_samples"] = 1e6 * sum(every) / (n * gb)
         log = Path(args.run_dir) / "train_log.jsonl"
         recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -458,101 +461,166 @@ def gemm_peak(shapes: list[list[int]]) -> dict:
     return {"peak": max(rates.values()), "rates": {k: round(v / 1e9, 1) for k, v in rates.items()}}
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One contestant of a round: fusionrec (``nproc`` ranks of ``threads`` intra-op threads,
+    ``sets`` on top of the config's) or the plain trainer (``baseline``: one process of
+    ``threads`` threads, the same global batch)."""
+
+    baseline: bool = False
+    threads: int = 1
+    nproc: int = 2
+    sets: tuple[str, ...] = ()
+
+
+def arms_for(name: str, cfg, nproc: int) -> dict[str, Arm]:
+    """The arms of ``name``'s rounds. ``fusionrec`` runs the config as written; where the config
+    pins sharding types (``sharding.constraints``), ``fusionrec_planner`` drops them so that the
+    planner's own choice (``sharding.proposals: auto``) is measured too; on the small configs
+    ``fusionrec_1rank_2threads`` is the single-process path (world size 1, 2 intra-op threads)."""
+    arms = {"fusionrec": Arm(nproc=nproc)}
+    if cfg.sharding.constraints:
+        arms["fusionrec_planner"] = Arm(nproc=nproc, sets=("sharding.constraints={}",))
+    if name in ("tiny", "demo"):
+        arms["fusionrec_1rank_2threads"] = Arm(nproc=1, threads=2)
+    arms["baseline_2thread"] = Arm(baseline=True, threads=2)
+    arms["baseline_1thread"] = Arm(baseline=True, threads=1)
+    return arms
+
+
+def summarise(name: str, arms: dict[str, Arm], runs: dict[str, list[dict]], rounds: list[dict], nproc: int,
+              flops: float) -> dict:  # fmt: skip
+    """Per fusionrec arm: medians over rounds of samples/s, CPU time per 1,000 samples, the
+    per-round ratios against the best plain trainer of the round and against the physical limit
+    (``nproc`` x the plain 1-thread trainer's samples/s), CPU time against the plain 1-thread
+    trainer's, and (tiny) the fixed cost per step."""
+    med = lambda xs: round(statistics.median(xs), 4 if max(map(abs, xs)) < 10 else 1)  # noqa: E731
+    base1 = [r["baseline_1thread"] for r in runs_of(runs, rounds)]
+    best = [max(r["baseline_2thread"]["samples_per_s"], r["baseline_1thread"]["samples_per_s"])
+            for r in runs_of(runs, rounds)]  # fmt: skip
+    out = {
+        "baseline_2thread_samples_per_s": med([x["samples_per_s"] for x in runs["baseline_2thread"]]),
+        "baseline_1thread_samples_per_s": med([x["samples_per_s"] for x in runs["baseline_1thread"]]),
+        "baseline_best_samples_per_s": med(best),
+        "baseline_cpu_ms_per_1k_samples": {
+            who: med([x["cpu_ms_per_1k_samples"] for x in runs[who]]) for who in ("baseline_2thread", "baseline_1thread")
+        },
+        "baseline_step_ms_median": {who: med([x["step_ms_median"] for x in runs[who]])
+                                    for who in ("baseline_2thread", "baseline_1thread")},  # fmt: skip
+        "arms": {},
+    }
+    for who, arm in arms.items():
+        if arm.baseline:
+            continue
+        mine = runs[who]
+        vs_best = [f["samples_per_s"] / b for f, b in zip(mine, best)]
+        vs_limit = [f["samples_per_s"] / (nproc * b["samples_per_s"]) for f, b in zip(mine, base1)]
+        cpu_vs_1t = [f["cpu_ms_per_1k_samples"] / b["cpu_ms_per_1k_samples"] for f, b in zip(mine, base1)]
+        entry = {
+            "world_size": arm.nproc,
+            "threads_per_rank": arm.threads,
+            "sets": list(arm.sets),
+            "samples_per_s": med([x["samples_per_s"] for x in mine]),
+            "cpu_ms_per_1k_samples": med([x["cpu_ms_per_1k_samples"] for x in mine]),
+            "step_ms_median": med([x["step_ms_median"] for x in mine]),
+            "ratio_vs_best_baseline": med(vs_best),
+            "ratio_vs_best_baseline_runs": [round(x, 3) for x in vs_best],
+            "of_physical_limit": med(vs_limit),
+            "of_physical_limit_runs": [round(x, 3) for x in vs_limit],
+            "cpu_vs_baseline_1thread": med(cpu_vs_1t),
+            "cpu_vs_baseline_1thread_runs": [round(x, 3) for x in cpu_vs_1t],
+            "dense_mfu": med([x["samples_per_s"] * flops / (arm.nproc * arm.threads * r["gemm_peak"])
+                              for x, r in zip(mine, rounds)]),  # fmt: skip
+        }
+        if arm.nproc > 1:
+            entry["plan"] = mine[-1].get("plan")
+        if name == "tiny" and arm.nproc > 1:
+            # What a step costs beyond a perfect split of the plain 1-thread work over the ranks.
+            entry["fixed_step_overhead_ms"] = med(
+                [f["step_ms_median"] - b["step_ms_median"] / arm.nproc for f, b in zip(mine, base1)]
+            )
+        out["arms"][who] = entry
+    if "fusionrec_1rank_2threads" in out["arms"]:
+        one = runs["fusionrec_1rank_2threads"]
+        out["arms"]["fusionrec_1rank_2threads"]["cpu_vs_baseline_2thread"] = med(
+            [f["cpu_ms_per_1k_samples"] / b["cpu_ms_per_1k_samples"] for f, b in zip(one, runs["baseline_2thread"])]
+        )
+    return out
+
+
+def runs_of(runs: dict[str, list[dict]], rounds: list[dict]) -> list[dict[str, dict]]:
+    """Round i's result of every arm."""
+    return [{who: runs[who][i] for who in runs} for i in range(len(rounds))]
+
+
+#: extra rows: a config of CONFIGS run with more settings (both arms), and its own step counts
+VARIANT_CONFIGS = {"demo_b2048": ("demo", ["data.batch_size=2048"])}
+
+
 def driver(args: argparse.Namespace) -> int:
-    """Alternating rounds per config: fusionrec (2 ranks, 1 thread each), the plain trainer on 2
-    threads and on 1 thread (the competitor's best is whichever is faster in that round), and a
-    GEMM-rate probe; ratios are taken per round against the best baseline, then the median."""
+    """Alternating rounds per config: every arm of :func:`arms_for` once per round, in an order
+    that rotates between rounds, then a single-thread GEMM-rate probe; ratios are taken per round
+    (the same neighbours), then the median over rounds."""
     results = {**run_info(), "configs": {}}
     for name in args.configs.split(","):
-        cfg_path = CONFIGS[name]
+        base_name, extra = VARIANT_CONFIGS.get(name, (name, []))
+        cfg_path = CONFIGS[base_name]
         from fusionrec.pipeline.config import load_config
 
-        train = ensure_data(name, cfg_path)
-        sets = [f"data.train={train}"]
+        train = ensure_data(base_name, cfg_path)
+        sets = [f"data.train={train}", *extra]
         cfg = load_config(cfg_path, sets)
         per_rank = cfg.data.batch_size
         gb = per_rank * args.nproc
-        warmup, steps = (args.warmup_large, args.steps_large) if name == "large" else (args.warmup, args.steps)
+        if base_name == "large":
+            warmup, steps = args.warmup_large, args.steps_large
+        elif per_rank >= 2048:
+            warmup, steps = args.warmup_large, max(args.steps // 4, 1)
+        else:
+            warmup, steps = args.warmup, args.steps
         work = dense_work(cfg_path)
-        arms = ("fusionrec", "baseline_2thread", "baseline_1thread")
+        arms = arms_for(base_name, cfg, args.nproc)
+        names = list(arms)
         runs: dict[str, list[dict]] = defaultdict(list)
         rounds = []
         for r in range(args.repeats):
-            order = list(arms[r % 3 :] + arms[: r % 3])  # each arm goes first once per 3 rounds
-            got, load = {}, {}
+            order = names[r % len(names):] + names[: r % len(names)]  # each arm goes first in turn
+            load = {}
             for who in order:
+                arm = arms[who]
                 load[who] = round(os.getloadavg()[0], 2)
                 t = time.time()
-                if who == "fusionrec":
-                    got[who] = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc, mallopt=True)
+                if arm.baseline:
+                    got = run_baseline(base_name, cfg_path, sets, gb, warmup, steps, arm.threads)
                 else:
-                    threads = 2 if who == "baseline_2thread" else 1
-                    got[who] = run_baseline(name, cfg_path, sets, gb, warmup, steps, threads)
-                runs[who].append(got[who])
-                print(f"[{name} round {r}] {who}: {got[who]['samples_per_s']:.0f} samples/s, load {load[who]} "
-                      f"({time.time() - t:.0f}s)", flush=True)
+                    # one rank reads the global batch: same samples per optimizer step as the others
+                    run_sets = [*sets, *arm.sets] + ([f"data.batch_size={gb}"] if arm.nproc == 1 else [])
+                    got = run_fusionrec(name, cfg_path, run_sets, warmup, steps, arm.nproc, mallopt=True,
+                                        tag=f"_{who}", threads=arm.threads)  # fmt: skip
+                runs[who].append(got)
+                print(f"[{name} round {r}] {who}: {got['samples_per_s']:.0f} samples/s, "
+                      f"{got['cpu_ms_per_1k_samples']:.1f} CPU-ms/1k, load {load[who]} ({time.time() - t:.0f}s)", flush=True)
             gemm = gemm_peak(work["top_matmul_shapes"])
-            best = max(got["baseline_2thread"]["samples_per_s"], got["baseline_1thread"]["samples_per_s"])
-            fus = got["fusionrec"]["samples_per_s"]
             rounds.append({
                 "order": order,
                 "load_1min": load,
-                "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in got.items()},
-                "ratio_vs_best_baseline": round(fus / best, 3),
+                "samples_per_s": {k: round(runs[k][-1]["samples_per_s"], 1) for k in order},
+                "cpu_ms_per_1k_samples": {k: round(runs[k][-1]["cpu_ms_per_1k_samples"], 1) for k in order},
                 "gemm_gflops_1thread": gemm["rates"],
-                # 1 thread per rank: the dense part can use at most world_size cores' GEMM rate.
-                "fusionrec_dense_mfu": round(fus * work["flops_per_sample"] / (args.nproc * gemm["peak"]), 4),
+                "gemm_peak": gemm["peak"],
             })
-        med = lambda xs: round(statistics.median(xs), 4 if max(map(abs, xs)) < 10 else 1)  # noqa: E731
-        sps = {who: [x["samples_per_s"] for x in runs[who]] for who in arms}
-        best_runs = [max(a, b) for a, b in zip(sps["baseline_2thread"], sps["baseline_1thread"])]
-        step_ms = {who: [x["step_ms_median"] for x in runs[who]] for who in arms}
         entry = {
             "config": cfg_path,
+            "sets": extra,
             "world_size": args.nproc,
             "batch_per_rank": per_rank,
             "global_batch": gb,
             "warmup_steps": warmup,
             "timed_steps": steps,
-            "threads": {"fusionrec_per_rank": 1, "baseline": [2, 1]},
-            "fusionrec_samples_per_s": med(sps["fusionrec"]),
-            "baseline_samples_per_s": med(best_runs),
-            "baseline_2thread_samples_per_s": med(sps["baseline_2thread"]),
-            "baseline_1thread_samples_per_s": med(sps["baseline_1thread"]),
-            "ratio_vs_best_baseline": med([x["ratio_vs_best_baseline"] for x in rounds]),
-            "ratio_runs": [x["ratio_vs_best_baseline"] for x in rounds],
-            "cpu_ms_per_1k_samples": {who: med([x["cpu_ms_per_1k_samples"] for x in runs[who]]) for who in arms},
-            "step_ms_median": {who: med(step_ms[who]) for who in arms},
             "dense_flops_per_sample": round(work["flops_per_sample"]),
-            "mfu": med([x["fusionrec_dense_mfu"] for x in rounds]),
-            "baseline_best_dense_mfu": med(
-                [b * work["flops_per_sample"] / (t * g) for b, t, g in zip(
-                    best_runs,
-                    [2 if a >= c else 1 for a, c in zip(sps["baseline_2thread"], sps["baseline_1thread"])],
-                    [max(x["gemm_gflops_1thread"].values()) * 1e9 for x in rounds],
-                )]
-            ),
+            **summarise(base_name, arms, runs, rounds, args.nproc, work["flops_per_sample"]),
             "rounds": rounds,
         }
-        if name == "tiny":
-            # What a step costs beyond a perfect split of the plain trainer's 1-thread work over
-            # the ranks: TorchRec's dists, KJT assembly, pipeline and metrics bookkeeping.
-            entry["fixed_step_overhead_ms"] = med(
-                [f - b / args.nproc for f, b in zip(step_ms["fusionrec"], step_ms["baseline_1thread"])]
-            )
-        if args.profile_steps:
-            psteps = args.profile_steps if name != "large" else max(3, args.profile_steps // 4)
-            prof = run_fusionrec(
-                name, cfg_path, sets, warmup, psteps + 2, args.nproc, profile_steps=psteps, tag="_profile", mallopt=True
-            )
-            entry["fusionrec_breakdown_ms_per_step"] = prof["breakdown_ms_per_step"]
-            entry["profiled_steps"] = psteps
-            (REPO / "runs" / f"bench_{name}_profile_top_ops.txt").write_text(prof["profile_top_ops"])
-        if args.no_metrics_check:
-            nm = run_fusionrec(name, cfg_path, sets, warmup, steps, args.nproc, no_metrics=True, tag="_nometrics",
-                               mallopt=True)
-            entry["fusionrec_without_torchrec_metrics_samples_per_s"] = round(nm["samples_per_s"], 1)
-            entry["fusionrec_without_torchrec_metrics_step_ms_median"] = round(nm["step_ms_median"], 1)
         results["configs"][name] = entry
         results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps({k: v for k, v in entry.items() if k != "rounds"}, indent=1), flush=True)
@@ -564,78 +632,68 @@ def driver(args: argparse.Namespace) -> int:
 
 
 def render_md(results: dict, notes: str = "") -> str:
-    """A markdown table of ``results`` (the --json document)."""
+    """Markdown tables of ``results`` (the --json document)."""
     lines = [
-        "# Throughput: fusionrec vs the best plain PyTorch trainer (CPU)",
+        "# Throughput: fusionrec vs the plain PyTorch trainer (CPU)",
         "",
         f"Date {results['date']}; machine: {results['machine']}; load average at start "
         f"{results.get('load_at_start')}, at end {results.get('load_at_end')}.",
         f"Command: `{results['command']}`.",
         "",
-        "| config | global batch | fusionrec samples/s | best baseline samples/s (2t · 1t) | ratio vs best "
-        "| CPU ms / 1k samples (fusionrec · 2t · 1t) | dense MFLOP/sample | dense MFU (fusionrec · best baseline) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| config | global batch | arm | samples/s | vs best plain (2t / 1t) | of the physical limit "
+        "| CPU ms / 1k samples | CPU vs plain 1t | dense MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rng = lambda xs, fmt=".2f": f"{min(xs):{fmt}}–{max(xs):{fmt}}"  # noqa: E731
     for name, e in results["configs"].items():
-        cpu = e["cpu_ms_per_1k_samples"]
+        label = f"{name} (`{e['config']}`{', ' + ', '.join(e['sets']) if e.get('sets') else ''})"
+        cpu = e["baseline_cpu_ms_per_1k_samples"]
+        for who, a in e["arms"].items():
+            lines.append(
+                f"| {label} | {e['global_batch']} | {who} ({a['world_size']} × {a['threads_per_rank']}t) "
+                f"| {a['samples_per_s']:.0f} | **{a['ratio_vs_best_baseline']:.2f}** ({rng(a['ratio_vs_best_baseline_runs'])}) "
+                f"| {a['of_physical_limit']:.0%} ({rng(a['of_physical_limit_runs'], '.0%')}) | {a['cpu_ms_per_1k_samples']:.1f} "
+                f"| **{a['cpu_vs_baseline_1thread']:.2f}** ({rng(a['cpu_vs_baseline_1thread_runs'])}) | {a['dense_mfu']:.1%} |"
+            )
+            label = ""
         lines.append(
-            f"| {name} (`{e['config']}`) | {e['global_batch']} | {e['fusionrec_samples_per_s']} "
-            f"| {e['baseline_samples_per_s']} ({e['baseline_2thread_samples_per_s']} · {e['baseline_1thread_samples_per_s']}) "
-            f"| **{e['ratio_vs_best_baseline']}** ({min(e['ratio_runs'])}–{max(e['ratio_runs'])}) "
-            f"| {cpu['fusionrec']} · {cpu['baseline_2thread']} · {cpu['baseline_1thread']} "
-            f"| {e['dense_flops_per_sample'] / 1e6:.3f} | {e['mfu']:.1%} · {e['baseline_best_dense_mfu']:.1%} |"
+            f"| | | plain trainer 2t · 1t | {e['baseline_2thread_samples_per_s']} · {e['baseline_1thread_samples_per_s']} "
+            f"| | | {cpu['baseline_2thread']} · {cpu['baseline_1thread']} | | |"
         )
     lines += [
         "",
-        "Medians over rounds, (min–max) of the per-round ratio in brackets. Each round runs the three arms one "
-        "after the other in a rotating order and measures the single-thread GEMM rate (the best of 2048³ and the "
-        "model's three largest matmul shapes) right after; MFU = samples/s × dense FLOPs per sample ÷ (cores used × "
-        "that rate). The baseline is `benchmarks/baseline_trainer.py` (same dense modules, `nn.EmbeddingBag`, same "
-        "data and global batch, same malloc setting).",
+        "Medians over rounds, (min–max) over rounds in brackets; every ratio is taken within one round (the same "
+        "neighbours) before the median. *vs best plain*: samples/s over the faster of the plain trainer on 2 threads "
+        "and on 1 thread in that round. *Of the physical limit*: samples/s over world size × the plain 1-thread "
+        "trainer's samples/s. *CPU vs plain 1t*: CPU time per sample (all processes, user + system) over the plain "
+        "1-thread trainer's. Dense MFU = samples/s × dense FLOPs per sample ÷ (cores used × the single-thread GEMM "
+        "rate measured after the round). The plain trainer is `benchmarks/baseline_trainer.py` (the same dense "
+        "modules, `nn.EmbeddingBag` tables, the same Parquet reader decoding the same files in the step, the same "
+        "global batch and malloc setting); fusionrec runs the real Trainer (planner, DMP, TrainPipelineSparseDist, "
+        "fused row-wise Adagrad, torchrec.metrics, the JSONL log, the stop check), without checkpoint saves. "
+        "Both arms decode Parquet in the timed step; neither reads tensors from memory.",
         "",
     ]
     for name, e in results["configs"].items():
-        if "fixed_step_overhead_ms" in e:
-            ms = e["step_ms_median"]
-            lines += [
-                f"Fixed cost per step ({name}): **{e['fixed_step_overhead_ms']} ms** per rank = fusionrec step "
-                f"{ms['fusionrec']} ms − (plain 1-thread step {ms['baseline_1thread']} ms ÷ {e['world_size']} ranks).",
-                "",
-            ]
-        lines += [f"Rounds ({name}):", "", "| round | order | load (1 min) | samples/s | ratio vs best | MFU |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        for who, a in e["arms"].items():
+            if "fixed_step_overhead_ms" in a:
+                lines += [
+                    f"Fixed cost per step ({name}, {who}): **{a['fixed_step_overhead_ms']} ms** per rank = its step "
+                    f"{a['step_ms_median']} ms − (plain 1-thread step {e['baseline_step_ms_median']['baseline_1thread']} "
+                    f"ms ÷ {a['world_size']} ranks).",
+                    "",
+                ]
+            if a.get("plan"):
+                lines += [f"Plan of {name} / {who}: " + ", ".join(f"{t} {k}" for t, k in a["plan"].items()) + ".", ""]
+    for name, e in results["configs"].items():
+        lines += [f"Rounds ({name}):", "", "| round | order | load (1 min) | samples/s | CPU ms / 1k samples |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
         for i, r in enumerate(e["rounds"]):
             sps = " · ".join(f"{k} {v}" for k, v in r["samples_per_s"].items())
+            cpu = " · ".join(str(v) for v in r["cpu_ms_per_1k_samples"].values())
             load = " · ".join(str(r["load_1min"][k]) for k in r["order"])
-            lines.append(f"| {i} | {' → '.join(r['order'])} | {load} | {sps} | {r['ratio_vs_best_baseline']} "
-                         f"| {r['fusionrec_dense_mfu']:.1%} |")
+            lines.append(f"| {i} | {' → '.join(r['order'])} | {load} | {sps} | {cpu} |")
         lines.append("")
-    for name, e in results["configs"].items():
-        bd = e.get("fusionrec_breakdown_ms_per_step")
-        if not bd:
-            continue
-        lines += [
-            f"## Step-time breakdown, {name} (rank 0, torch.profiler, {e['profiled_steps']} steps, ms/step)",
-            "",
-            "| phase | ms/step | of which waiting in collectives |",
-            "| --- | --- | --- |",
-        ]
-        comm = bd.get("comm_inside", {})
-        for ph, _ in PHASES:
-            lines.append(f"| {ph} | {bd[ph]} | {comm.get(ph, 0.0)} |")
-        lines += [
-            f"| other (Python glue, scheduler) | {bd['other']} | |",
-            f"| **step wall time** | **{bd['step_wall']}** | |",
-            "",
-        ]
-        if "fusionrec_without_torchrec_metrics_samples_per_s" in e:
-            lines += [
-                f"fusionrec with torchrec.metrics updates switched off (one run): "
-                f"{e['fusionrec_without_torchrec_metrics_samples_per_s']} samples/s (median step "
-                f"{e['fusionrec_without_torchrec_metrics_step_ms_median']} ms; "
-                f"with metrics {e['step_ms_median']['fusionrec']} ms).",
-                "",
-            ]
     if notes:
         lines += [notes, ""]
     return "\n".join(lines)
@@ -647,15 +705,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", help="also write a markdown summary here")
     p.add_argument("--render", help="only render this --json document to --md (no runs)")
     p.add_argument("--notes", help="a markdown file appended to --md (analysis)")
-    p.add_argument("--configs", default="tiny,demo,large")
+    p.add_argument("--configs", default="tiny,demo,demo_b2048,large")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--steps", type=int, default=100, help="timed steps (demo)")
     p.add_argument("--steps-large", type=int, default=15, help="timed steps (large)")
     p.add_argument("--warmup-large", type=int, default=5)
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--profile-steps", type=int, default=20)
-    p.add_argument("--no-metrics-check", action="store_true", help="one more fusionrec run with torchrec.metrics off")
+    p.add_argument("--profile-steps", type=int, default=20, help="worker: profiled steps (benchmarks/step_breakdown.py)")
     # worker mode (under torchrun)
     p.add_argument("--worker", action="store_true")
     p.add_argument("--config")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from fusionrec.datasets.config import DataConfig, SyntheticConfig
 from fusionrec.datasets.schema import FeatureSchema, Schema, TaskConfig
 from fusionrec.typedconfig import ConfigError, blame_override, from_dict, load_yaml_with_overrides, to_dict
 from fusionrec.models.config import DTRNConfig, ModelConfig
-from fusionrec.sharding.config import ShardingConfig
+from fusionrec.sharding.config import ShardingConfig, ShardingTypeName
 
 
 @dataclass
@@ -234,6 +234,26 @@ class ExperimentConfig:
     #: shape of the logs that python -m fusionrec.datasets.synthetic writes
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    def _check_a_type_for_every_table(self) -> None:
+        """``sharding.proposals: uniform`` needs one sharding type that every table allows: by
+        its constraint, and by what TorchRec shards (collision-managed tables row_wise only,
+        sequence tables not data_parallel nor table_row_wise)."""
+        every = list(get_args(ShardingTypeName))
+        allowed = {}
+        for table in (t.name for t in self.features.tables):
+            constraint = self.sharding.constraints.get(table)
+            types = list(constraint.sharding_types) if constraint is not None and constraint.sharding_types else every
+            if table in self.features.collision_tables:
+                types = [t for t in types if t == "row_wise"]
+            if table in self.features.sequence_tables:
+                types = [t for t in types if t not in ("data_parallel", "table_row_wise")]
+            allowed[table] = types
+        if not set.intersection(*(set(types) for types in allowed.values())):
+            limits = "; ".join(f"{table}: {', '.join(types)}" for table, types in allowed.items() if types != every)
+            raise ValueError(
+                f"sharding.proposals: uniform needs a sharding type that every table allows; none is common to {limits}"
+            )
+
     def __post_init__(self) -> None:
         self.schema = Schema(self.features, self.tasks)
         tables = [t.name for t in self.features.tables]
@@ -256,6 +276,8 @@ class ExperimentConfig:
                     f"sharding.constraints.{table}.sharding_types: data_parallel is not supported for a sequence "
                     f"table (one a behaviour sequence uses); use table_wise, row_wise or column_wise"
                 )
+        if self.sharding.proposals == "uniform":
+            self._check_a_type_for_every_table()
         stopping = self.train.early_stopping
         if stopping is not None:
             task = next((t for t in self.tasks if t.name == stopping.task), None)

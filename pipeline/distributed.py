@@ -20,6 +20,7 @@ import sys
 import types
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -132,6 +133,23 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
             dist.all_reduce(staged, op=op)
             t.copy_(staged)
     return t
+
+
+def all_reduce_async(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Callable[[], torch.Tensor]:
+    """Start :func:`all_reduce` of ``t`` without waiting for it; returns the wait, which gives
+    the reduced tensor (``t`` itself, or a copy back from the group's device). Every rank must
+    start the same collectives in the same order and call each wait before the group ends."""
+    if not is_multi_rank():
+        return lambda: t
+    device = group_device()
+    staged = t if t.device == device else t.to(device)
+    work = dist.all_reduce(staged, op=op, async_op=True)
+
+    def wait() -> torch.Tensor:
+        work.wait()
+        return staged if staged is t else t.copy_(staged)
+
+    return wait
 
 
 def all_gather_objects(obj: object) -> list:

@@ -4,7 +4,9 @@
 forwards it to every worker and SIGKILLs them 30 s later); Slurm's ``--signal=USR1@T`` sends
 SIGUSR1 T seconds before the time limit. :class:`StopRequest` turns either signal into a request
 that the train loop reads at a step boundary; the ranks agree through one all-reduce (any rank
-may get the signal first, or alone), save a checkpoint at that step and exit 0.
+may get the signal first, or alone), save a checkpoint at the step where they agree and exit 0.
+Between steps the all-reduce runs in the background (:meth:`StopRequest.poll`): a check started
+after step k is read after step k+1, so no step waits on it, and the ranks stop one step later.
 
 **A lost agent.** When the torchrun agent dies without stopping its workers (SIGKILL, OOM
 killer), they would go on training and publishing checkpoints as orphans of PID 1.
@@ -22,12 +24,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from fusionrec.errors import rank_prefix
-from fusionrec.pipeline.distributed import all_reduce
+from fusionrec.pipeline.distributed import all_reduce, all_reduce_async
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 #: after a stop signal, how long a worker that lost its agent may still take to finish its save
@@ -37,12 +39,14 @@ _signalled_at: Optional[float] = None  # when this process got a stop signal (mo
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 handlers that only record the signal; :meth:`agreed` is the collective
-    that tells every rank whether any rank got one."""
+    """SIGTERM / SIGUSR1 handlers that only record the signal; :meth:`agreed` (blocking) and
+    :meth:`poll` / :meth:`settle` (one step behind, in the background) are the collectives that
+    tell every rank whether any rank got one."""
 
     def __init__(self) -> None:
         self.received = 0
         self._previous: dict[int, object] = {}
+        self._pending: Optional[Callable[[], torch.Tensor]] = None
 
     def _handle(self, signum: int, frame: object) -> None:
         global _signalled_at
@@ -64,7 +68,25 @@ class StopRequest:
     def agreed(self) -> int:
         """Collective (every rank calls it at the same step): the signal number that some rank
         received (the highest, if several), or 0."""
-        return int(all_reduce(torch.tensor([self.received], dtype=torch.int64), op=torch.distributed.ReduceOp.MAX))
+        return int(all_reduce(self._flag(), op=torch.distributed.ReduceOp.MAX))
+
+    def poll(self) -> int:
+        """Collective, without a wait at this step: what the previous ``poll`` found (the signal
+        some rank had received by then, or 0; 0 at the first), and a new check started in the
+        background. Every rank calls it at the same steps, and :meth:`settle` before any other
+        exchange that must not run behind it ends (an evaluation, the end of training)."""
+        found = self.settle()
+        self._pending = all_reduce_async(self._flag(), op=torch.distributed.ReduceOp.MAX)
+        return found
+
+    def settle(self) -> int:
+        """Collective: wait for the check :meth:`poll` left running; its signal, or 0 (also when
+        none is running)."""
+        pending, self._pending = self._pending, None
+        return int(pending()) if pending is not None else 0
+
+    def _flag(self) -> torch.Tensor:
+        return torch.tensor([self.received], dtype=torch.int64)
 
 
 def signal_name(signum: int) -> str:

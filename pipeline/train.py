@@ -372,16 +372,21 @@ class Trainer:
         early when the ranks agree on a stop signal (``self.stopped_by``)."""
         s = self.state
         every_ckpt, every_stop_check = self.cfg.checkpoint.every_n_steps, self.cfg.checkpoint.stop_check_every_n_steps
-        for out in pipeline_steps(pipeline, batches):
-            self.after_step(out)
-            if every_ckpt and s.step % every_ckpt == 0:
-                with record_function("## fusionrec:checkpoint ##"):
-                    self.save()
-            if s.step % every_stop_check == 0 and s.step < self.max_steps:
-                with record_function("## fusionrec:stop_check ##"):
-                    self.stopped_by = self.stop.agreed()
-                if self.stopped_by:
-                    return
+        try:
+            for out in pipeline_steps(pipeline, batches):
+                self.after_step(out)
+                if every_ckpt and s.step % every_ckpt == 0:
+                    with record_function("## fusionrec:checkpoint ##"):
+                        self.save()
+                if s.step % every_stop_check == 0 and s.step < self.max_steps:
+                    with record_function("## fusionrec:stop_check ##"):
+                        self.stopped_by = self.stop.poll()  # the check started one check earlier
+                    if self.stopped_by:
+                        return
+        finally:  # the check still running ends here, on every rank, before any other exchange
+            found = self.stop.settle()
+        if found and (self.follow or s.step < self.max_steps):
+            self.stopped_by = found
 
     def after_step(self, out: StepOutput) -> None:
         """Advance the state, the LR schedule and the metrics by one trained step; log when due."""

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"]
 KernelName = Literal["dense", "fused", "fused_uvm", "fused_uvm_caching"]
+ProposalsName = Literal["auto", "uniform", "mixed"]
 
 
 @dataclass
@@ -32,6 +33,13 @@ class ShardingConfig:
     ``hbm_gb`` / ``ddr_gb`` override the per-rank device / host memory the planner assumes
     (default: read from the machine). ``storage_reservation`` is the fraction of each rank's
     memory the planner leaves for dense parameters, activations and buffers.
+
+    ``proposals`` says which plans the planner weighs (its cost model picks among them):
+    ``uniform``, one sharding type for every table, so each collection needs one input and one
+    output dist per step; ``mixed``, TorchRec's default proposers, each table its own type;
+    ``auto``, uniform on CPU ranks, where every extra dist is a fixed cost per step
+    (benchmarks/results/throughput.md), unless the constraints or the memory leave no uniform
+    plan, and mixed on GPUs, where TorchRec's cost model is calibrated.
     """
 
     #: table name → constraint on its plan; every name must be a table
@@ -42,6 +50,9 @@ class ShardingConfig:
     hbm_gb: Optional[float] = None
     #: host memory per rank, in GiB; null: the machine's memory split over its local ranks
     ddr_gb: Optional[float] = None
+    #: the plans the planner weighs: uniform (one sharding type for all tables), mixed (TorchRec's
+    #: default: a type per table) or auto (uniform on CPU ranks when one fits, else mixed)
+    proposals: ProposalsName = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.storage_reservation < 1.0:

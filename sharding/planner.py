@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -18,9 +19,11 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.planner.constants import DEFAULT_PERF_ESTIMATOR
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.estimator import EmbeddingPerfEstimatorFactory
+from torchrec.distributed.planner.proposers import GreedyProposer, GridSearchProposer, UniformProposer
 from torchrec.distributed.planner.shard_estimators import EmbeddingStorageEstimator
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
-from torchrec.distributed.planner.types import Stats
+from torchrec.distributed.planner.types import Enumerator, Proposer, ShardingOption, Stats
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
 from torchrec.distributed.mc_embeddingbag import ManagedCollisionEmbeddingBagCollectionSharder
@@ -83,6 +86,99 @@ def make_constraints(cfg: ShardingConfig, table_names: list[str]) -> dict[str, P
     }
 
 
+def torchrec_default_proposers() -> list[Proposer]:
+    """The proposers TorchRec's planner uses when given none (torchrec 1.x, planners.py)."""
+    return [GridSearchProposer(), GreedyProposer(), GreedyProposer(use_depth=False), UniformProposer()]
+
+
+class StagedProposer(Proposer):
+    """Proposers in stages: a stage's proposals are weighed (the planner's cost model picks
+    among them) and the next stage is tried only when none of them could be placed (no
+    proposal at all, e.g. the constraints exclude it, or none that fits the memory).
+
+    ``stages``: each makes its proposers for the search space. The planner calls ``load`` once,
+    then ``propose`` / ``feedback`` until ``propose`` returns None; this proposer hands those
+    calls to the proposer whose turn it is."""
+
+    def __init__(self, stages: list[Callable[[list[ShardingOption]], list[Proposer]]]) -> None:
+        self._stages = stages
+        self._proposers: list[Proposer] = []
+        self._stage = self._turn = 0
+        self._placed = False
+        self._search_space: list[ShardingOption] = []
+        self._enumerator: Enumerator | None = None
+
+    def load(self, search_space: list[ShardingOption], enumerator: Enumerator | None = None) -> None:
+        self._search_space, self._enumerator = search_space, enumerator
+        self._start_stage(0)
+
+    def _start_stage(self, stage: int) -> None:
+        self._stage, self._turn, self._placed = stage, 0, False
+        self._proposers = self._stages[stage](self._search_space)
+        for proposer in self._proposers:
+            proposer.load(search_space=self._search_space, enumerator=self._enumerator)
+
+    def propose(self) -> list[ShardingOption] | None:
+        while True:
+            proposal = self._proposers[self._turn].propose() if self._turn < len(self._proposers) else None
+            if proposal is not None:
+                return proposal
+            if self._turn + 1 < len(self._proposers):
+                self._turn += 1
+            elif not self._placed and self._stage + 1 < len(self._stages):
+                self._start_stage(self._stage + 1)
+            else:
+                return None
+
+    def feedback(
+        self,
+        partitionable: bool,
+        plan: list[ShardingOption] | None = None,
+        perf_rating: float | None = None,
+        storage_constraint: Topology | None = None,
+    ) -> None:
+        self._placed = self._placed or partitionable
+        self._proposers[self._turn].feedback(
+            partitionable=partitionable, plan=plan, perf_rating=perf_rating, storage_constraint=storage_constraint
+        )
+
+
+class UniformOfTypes(UniformProposer):
+    """TorchRec's UniformProposer (one plan per sharding type that every table allows, each
+    table on that type) over some sharding types only."""
+
+    def __init__(self, sharding_types: list[str]) -> None:
+        super().__init__()
+        self._types = set(sharding_types)
+
+    def load(self, search_space: list[ShardingOption], enumerator: Enumerator | None = None) -> None:
+        super().load(search_space, enumerator)
+        self._grouped_sharding_options = [
+            group for group in self._grouped_sharding_options if group[0].sharding_type in self._types
+        ]
+
+
+def make_proposers(proposals: str, device_type: str) -> list[Proposer]:
+    """The planner's proposers for ``sharding.proposals`` on ranks of ``device_type``.
+
+    ``auto`` on CPU ranks weighs, in this order until a stage yields a plan that fits:
+    every table table_wise or every table data_parallel (the cost model picks; on CPU ranks
+    these have the least work per step around the lookups: one all-to-all each way per
+    collection, or none, where row- and column-wise plans add bucketing, reduce-scatters and
+    more dists, which TorchRec's GPU-calibrated cost model prices as nearly free;
+    benchmarks/results/throughput.md); then every table on any one type; then TorchRec's
+    default proposers. On GPUs ``auto`` is TorchRec's default."""
+    if proposals == "uniform":
+        return [UniformProposer()]
+    if proposals == "auto" and device_type == "cpu":
+        return [StagedProposer([
+            lambda _: [UniformOfTypes([ShardingType.TABLE_WISE.value, ShardingType.DATA_PARALLEL.value])],
+            lambda _: [UniformProposer()],
+            lambda _: torchrec_default_proposers()[:-1],  # its UniformProposer ran in the stage before
+        ])]  # fmt: skip
+    return torchrec_default_proposers()
+
+
 def make_planner(
     cfg: ShardingConfig,
     table_names: list[str],
@@ -116,6 +212,7 @@ def make_planner(
         enumerator=EmbeddingEnumerator(topology=topology, batch_size=batch_size, constraints=constraints,
                                        estimator=estimators),  # fmt: skip
         constraints=constraints,
+        proposer=make_proposers(cfg.proposals, device_type),
         storage_reservation=HeuristicalStorageReservation(percentage=cfg.storage_reservation),
         debug=False,
         stats=stats,
@@ -138,18 +235,30 @@ class PooledTableSharder(EmbeddingBagCollectionSharder):
         return types
 
 
+class SequenceTableSharder(EmbeddingCollectionSharder):
+    """TorchRec's EmbeddingCollection sharder without data_parallel, which TorchRec 1.8's
+    sequence collection fails in the forward (split_with_sizes); a constraint asking for it is
+    refused at config load, and this keeps the planner from choosing it for a small table."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        return [t for t in super().sharding_types(compute_device_type) if t != ShardingType.DATA_PARALLEL.value]
+
+
 def default_sharders() -> list[ModuleSharder[nn.Module]]:
-    """TorchRec's default sharders, with :class:`PooledTableSharder` for pooled tables and the
-    managed-collision sharders of :mod:`sharding.collisions` (which build on it)."""
+    """TorchRec's default sharders, with :class:`PooledTableSharder` for pooled tables,
+    :class:`SequenceTableSharder` for sequence tables and the managed-collision sharders of
+    :mod:`sharding.collisions` (which build on the pooled one)."""
     from fusionrec.sharding.collisions import ManagedPooledTableSharder, ManagedSequenceTableSharder  # noqa: PLC0415
 
     replaced = (
         EmbeddingBagCollectionSharder,
+        EmbeddingCollectionSharder,
         ManagedCollisionEmbeddingBagCollectionSharder,
         ManagedCollisionEmbeddingCollectionSharder,
     )
     sharders = [s for s in get_default_sharders() if type(s) not in replaced]
-    return [PooledTableSharder(), ManagedPooledTableSharder(), ManagedSequenceTableSharder(), *sharders]
+    return [PooledTableSharder(), SequenceTableSharder(), ManagedPooledTableSharder(), ManagedSequenceTableSharder(),
+            *sharders]  # fmt: skip
 
 
 def plan_and_shard(

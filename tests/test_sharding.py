@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from tests.launch import REPO, torchrun
 
@@ -28,3 +29,18 @@ def test_every_sharding_type_matches_unsharded_lookups(tmp_path):
         assert len(result["diffs"]) == 8
         for table, diff in result["diffs"].items():
             assert diff < 1e-5, f"rank {rank}: table {table} differs from the unsharded lookup by {diff}"
+
+
+def test_replicated_tables_stay_equal_on_every_rank_while_training(tmp_path, small_logs):
+    """data_parallel tables train on each rank's own rows: their gradients must be all-reduced
+    (and the fused row-wise Adagrad applied alike), or the replicas drift apart unnoticed."""
+    torchrun([str(REPO / "tests/workers/replicated_tables.py"), str(tmp_path), str(small_logs), str(tmp_path / "run")],
+             nproc=2)  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for table in ("category", "tag"):
+        assert all(r["plan"][table] == "data_parallel" for r in ranks)
+        before = [torch.tensor(r["before"][table]) for r in ranks]
+        after = [torch.tensor(r["after"][table]) for r in ranks]
+        assert torch.equal(before[0], before[1]), f"{table}: the replicas start apart"
+        assert (after[0] - before[0]).abs().max() > 1e-4, f"{table}: training did not change it"
+        assert (after[0] - after[1]).abs().max() < 1e-6, f"{table}: the replicas drifted apart"
