@@ -369,9 +369,10 @@ def run_fusionrec(
     return json.loads(out.read_text())
 
 
-def run_baseline(name: str, cfg_path: str, sets: list[str], batch: int, warmup: int, steps: int, threads: int) -> dict:
+def run_baseline(name: str, cfg_path: str, sets: list[str], batch: int, warmup: int, steps: int, threads: int,
+                 tag: str = "") -> dict:  # fmt: skip
     """The plain trainer, with the same malloc setting as fusionrec's trainer (its best configuration)."""
-    out = REPO / "runs" / f"bench_{name}_baseline_{threads}t.json"
+    out = REPO / "runs" / f"bench_{name}_baseline_{threads}t{tag}.json"
     cmd = [
         sys.executable,
         str(REPO / "benchmarks" / "baseline_trainer.py"),
@@ -471,13 +472,17 @@ class Arm:
     threads: int = 1
     nproc: int = 2
     sets: tuple[str, ...] = ()
+    rank_batch: bool = False  # plain trainer only: one rank's batch, not the global one (a reference)
 
 
 def arms_for(name: str, cfg, nproc: int) -> dict[str, Arm]:
     """The arms of ``name``'s rounds. ``fusionrec`` runs the config as written; where the config
     pins sharding types (``sharding.constraints``), ``fusionrec_planner`` drops them so that the
     planner's own choice (``sharding.proposals: auto``) is measured too; on the small configs
-    ``fusionrec_1rank_2threads`` is the single-process path (world size 1, 2 intra-op threads)."""
+    ``fusionrec_1rank_2threads`` is the single-process path (world size 1, 2 intra-op threads) and
+    ``baseline_1thread_rank_batch`` the plain 1-thread trainer on one rank's batch: what the
+    dense model alone costs per sample at the batch each rank runs (not a competitor: another
+    batch size)."""
     arms = {"fusionrec": Arm(nproc=nproc)}
     if cfg.sharding.constraints:
         arms["fusionrec_planner"] = Arm(nproc=nproc, sets=("sharding.constraints={}",))
@@ -485,6 +490,8 @@ def arms_for(name: str, cfg, nproc: int) -> dict[str, Arm]:
         arms["fusionrec_1rank_2threads"] = Arm(nproc=1, threads=2)
     arms["baseline_2thread"] = Arm(baseline=True, threads=2)
     arms["baseline_1thread"] = Arm(baseline=True, threads=1)
+    if name in ("tiny", "demo") and cfg.data.batch_size < 2048:
+        arms["baseline_1thread_rank_batch"] = Arm(baseline=True, threads=1, rank_batch=True)
     return arms
 
 
@@ -509,6 +516,9 @@ def summarise(name: str, arms: dict[str, Arm], runs: dict[str, list[dict]], roun
                                     for who in ("baseline_2thread", "baseline_1thread")},  # fmt: skip
         "arms": {},
     }
+    if "baseline_1thread_rank_batch" in runs:
+        out["baseline_1thread_rank_batch_cpu_ms_per_1k_samples"] = med(
+            [x["cpu_ms_per_1k_samples"] for x in runs["baseline_1thread_rank_batch"]])
     for who, arm in arms.items():
         if arm.baseline:
             continue
@@ -591,7 +601,8 @@ def driver(args: argparse.Namespace) -> int:
                 load[who] = round(os.getloadavg()[0], 2)
                 t = time.time()
                 if arm.baseline:
-                    got = run_baseline(base_name, cfg_path, sets, gb, warmup, steps, arm.threads)
+                    got = run_baseline(base_name, cfg_path, sets, per_rank if arm.rank_batch else gb, warmup, steps,
+                                       arm.threads, tag="_rank_batch" if arm.rank_batch else "")  # fmt: skip
                 else:
                     # one rank reads the global batch: same samples per optimizer step as the others
                     run_sets = [*sets, *arm.sets] + ([f"data.batch_size={gb}"] if arm.nproc == 1 else [])
@@ -657,9 +668,12 @@ def render_md(results: dict, notes: str = "") -> str:
             )
             label = ""
         lines.append(
-            f"| | | plain trainer 2t · 1t | {e['baseline_2thread_samples_per_s']} · {e['baseline_1thread_samples_per_s']} "
-            f"| | | {cpu['baseline_2thread']} · {cpu['baseline_1thread']} | | |"
+            f"| | | plain trainer 2t · 1t | {e['baseline_2thread_samples_per_s']:.0f} · "
+            f"{e['baseline_1thread_samples_per_s']:.0f} | | | {cpu['baseline_2thread']} · {cpu['baseline_1thread']} | | |"
         )
+        if "baseline_1thread_rank_batch_cpu_ms_per_1k_samples" in e:
+            lines.append(f"| | {e['batch_per_rank']} | plain trainer 1t, one rank's batch (reference) | | | "
+                         f"| {e['baseline_1thread_rank_batch_cpu_ms_per_1k_samples']} | | |")
     lines += [
         "",
         "Medians over rounds, (min–max) over rounds in brackets; every ratio is taken within one round (the same "
@@ -679,8 +693,8 @@ def render_md(results: dict, notes: str = "") -> str:
             if "fixed_step_overhead_ms" in a:
                 lines += [
                     f"Fixed cost per step ({name}, {who}): **{a['fixed_step_overhead_ms']} ms** per rank = its step "
-                    f"{a['step_ms_median']} ms − (plain 1-thread step {e['baseline_step_ms_median']['baseline_1thread']} "
-                    f"ms ÷ {a['world_size']} ranks).",
+                    f"{a['step_ms_median']:.1f} ms − (plain 1-thread step "
+                    f"{e['baseline_step_ms_median']['baseline_1thread']:.1f} ms ÷ {a['world_size']} ranks).",
                     "",
                 ]
             if a.get("plan"):

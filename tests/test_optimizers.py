@@ -55,3 +55,42 @@ def test_scheduler_moves_dense_lr_and_clipping_bounds_the_update():
     # SGD with lr 0.5 on a gradient clipped to norm 0.5: the update has norm 0.25.
     assert model.weight.norm().item() == pytest.approx(0.25, rel=1e-5)
     assert scheduler.get_last_lr() == [1.0]
+
+
+def test_dense_adam_is_fused_and_follows_the_adam_equations():
+    """Two steps of the dense optimizer against Adam by hand (Kingma & Ba, Algorithm 1, with
+    L2 weight decay added to the gradient): m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g²,
+    p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)."""
+    from fusionrec.pipeline.optimizers import dense_optimizer_factory
+
+    lr, wd, eps, b1, b2 = 0.1, 0.01, 1e-8, 0.9, 0.999
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = dense_optimizer_factory(OptimizerConfig(type="adam", lr=lr, weight_decay=wd, eps=eps))([p])
+    assert opt.param_groups[0]["fused"] is True
+    want, m, v = [1.0, -2.0, 0.5], [0.0] * 3, [0.0] * 3
+    for t, grad in enumerate(([0.3, -0.1, 2.0], [-0.5, 0.4, 1.0]), start=1):
+        p.grad = torch.tensor(grad)
+        opt.step()
+        for i in range(3):
+            g = grad[i] + wd * want[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            want[i] -= lr * (m[i] / (1 - b1**t)) / (math.sqrt(v[i] / (1 - b2**t)) + eps)
+        assert p.detach().tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_dense_adagrad_is_fused_and_follows_the_adagrad_equations():
+    """Adagrad by hand: s += g², p -= lr g / (sqrt(s) + eps)."""
+    from fusionrec.pipeline.optimizers import dense_optimizer_factory
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    opt = dense_optimizer_factory(OptimizerConfig(type="adagrad", lr=0.5, eps=1e-10))([p])
+    assert opt.param_groups[0]["fused"] is True
+    want, s = [1.0, -1.0], [0.0, 0.0]
+    for grad in ([2.0, -1.0], [1.0, 3.0]):
+        p.grad = torch.tensor(grad)
+        opt.step()
+        for i in range(2):
+            s[i] += grad[i] ** 2
+            want[i] -= 0.5 * grad[i] / (math.sqrt(s[i]) + 1e-10)
+        assert p.detach().tolist() == pytest.approx(want, rel=1e-6)
