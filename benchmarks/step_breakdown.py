@@ -133,9 +133,9 @@ def account(events, steps: int, step_wall_ms: float) -> dict:
     return {"phases": out, "step_wall": round(step_wall_ms, 3)}
 
 
-def run_config(name: str, warmup: int, steps: int, profile_steps: int) -> dict:
+def run_config(name: str, warmup: int, steps: int, profile_steps: int, extra: list[str]) -> dict:
     cfg_path = throughput.CONFIGS[name]
-    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}"]
+    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}", *extra]
     load = load_average()
     fr = throughput.run_fusionrec(name, cfg_path, sets, warmup, steps, 2, profile_steps=profile_steps, mallopt=True,
                                   tag="_breakdown", worker_flags=("--profile-all-ranks",))  # fmt: skip
@@ -156,10 +156,10 @@ def rotated(items: list[str], r: int) -> list[str]:
     return items[r % len(items) :] + items[: r % len(items)]
 
 
-def run_levers(name: str, rounds: int, warmup: int, steps: int) -> dict:
+def run_levers(name: str, rounds: int, warmup: int, steps: int, extra: list[str]) -> dict:
     """Each lever once per round, the order rotated between rounds; un-profiled step time and CPU."""
     cfg_path = throughput.CONFIGS[name]
-    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}"]
+    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}", *extra]
     out: dict[str, list] = {lever: [] for lever in LEVERS}
     for r in range(rounds):
         for lever in rotated(list(LEVERS), r):
@@ -172,11 +172,11 @@ def run_levers(name: str, rounds: int, warmup: int, steps: int) -> dict:
     return {"config": cfg_path, "rounds": rounds, "levers": out}
 
 
-def run_single_process(name: str, rounds: int, warmup: int, steps: int) -> dict:
+def run_single_process(name: str, rounds: int, warmup: int, steps: int, extra: list[str]) -> dict:
     """World size 1 with 2 intra-op threads against the plain trainer on 2 threads, the same
     batch (the config's rows per rank), alternating which goes first; un-profiled."""
     cfg_path = throughput.CONFIGS[name]
-    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}"]
+    sets = [f"data.train={throughput.ensure_data(name, cfg_path)}", *extra]
     runs: dict[str, list] = {"fusionrec, 1 rank x 2 threads": [], "plain trainer, 2 threads": []}
     batch = None
     for r in range(rounds):
@@ -222,9 +222,10 @@ def render_levers(levers: dict) -> list[str]:
 
 def render(result: dict) -> str:
     lines = [
-        "# Where a sharded step's time goes (issue 21, step 1)",
+        "# Where a sharded step's time goes (issue 21)",
         "",
         f"- date: {result['date']}; machine: {result['machine']}",
+        f"- config overrides on every run: {', '.join(f'`{x}`' for x in result.get('sets', [])) or 'none'}",
         f"- command: `{result['command']}`; load average at start {result['load_at_start']}, at end {result['load_at_end']}",
         "- the real trainer on 2 CPU ranks (torchrun, gloo, 1 thread per rank, 256 rows per rank, DataLoader "
         "workers: none, so the reader runs in the step), torch.profiler on every rank over "
@@ -278,12 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-single", action="store_true",
                         help="run only the single-process comparison and add it to the existing JSON")
     parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the JSON only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="a config override for every run (e.g. sharding.constraints={})")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.step_breakdown " + " ".join(sys.argv[1:])
     names = args.configs.split(",")
 
     def single_process() -> list[dict]:
-        return [run_single_process(name, args.single_rounds, args.warmup, args.steps) for name in names]
+        return [run_single_process(name, args.single_rounds, args.warmup, args.steps, args.set) for name in names]
 
     if args.render or args.only_single:
         result = json.loads((RESULTS / "step_breakdown.json").read_text())
@@ -292,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             result["single_process_command"] = command
             result["single_process_date"], result["single_process_load_at_end"] = run_info()["date"], load_average()
     else:
-        configs = {name: run_config(name, args.warmup, args.steps, args.profile_steps) for name in names}
+        configs = {name: run_config(name, args.warmup, args.steps, args.profile_steps, args.set) for name in names}
         result = {**run_info(), "command": command, "warmup": args.warmup, "profile_steps": args.profile_steps,
-                  "configs": configs}  # fmt: skip
+                  "sets": args.set, "configs": configs}  # fmt: skip
         if args.lever_rounds:
-            result["levers"] = run_levers("tiny", args.lever_rounds, args.warmup, args.steps)
+            result["levers"] = run_levers("tiny", args.lever_rounds, args.warmup, args.steps, args.set)
         if args.single_rounds:
             result["single_process"] = single_process()
         result["load_at_end"] = load_average()

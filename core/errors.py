@@ -62,6 +62,14 @@ def report_to_launcher(name: str, line: str) -> None:
     os.replace(tmp, os.path.join(folder, name))
 
 
+def print_line(line: str) -> None:
+    """``line`` and its newline to stderr in one write. Ranks share their launcher's stderr;
+    ``print`` writes the text and the newline separately, so two ranks failing at once could
+    tear each other's lines ("...load it on 1 rankerror: rank 0/2: ...")."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Report failures with the rank they happened on.
@@ -76,8 +84,8 @@ def exit_on_user_error() -> Iterator[None]:
     except USER_ERRORS as err:
         line = f"error: {rank_prefix()}{err}"
         report_to_launcher(f"error-rank{os.environ.get('RANK', '0')}", line)
-        print(line, file=sys.stderr, flush=True)
+        print_line(line)
         sys.exit(2)
     except Exception as err:
-        print(f"{rank_prefix() or 'rank 0/1: '}failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        print_line(f"{rank_prefix() or 'rank 0/1: '}failed: {type(err).__name__}: {err}")
         raise

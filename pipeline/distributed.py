@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from fusionrec.errors import UserError, rank_prefix
+from fusionrec.errors import UserError, print_line, rank_prefix
 
 
 @dataclass(frozen=True)
@@ -184,12 +184,12 @@ def shutdown() -> None:
     if any(_held_elsewhere(groups, i) for i in range(len(groups))):
         released = release_default_arguments(groups)
         if released:
-            print(f"note: {rank_prefix()}released the destroyed process group held as a default argument of "
-                  f"{', '.join(released)} (import it before init_distributed)", file=sys.stderr, flush=True)
+            print_line(f"note: {rank_prefix()}released the destroyed process group held as a default argument of "
+                       f"{', '.join(released)} (import it before init_distributed)")
         still = sum(_held_elsewhere(groups, i) for i in range(len(groups)))
         if still:
-            print(f"warning: {rank_prefix()}{still} destroyed process group(s) still referenced: their backend "
-                  "threads outlive the job", file=sys.stderr, flush=True)
+            print_line(f"warning: {rank_prefix()}{still} destroyed process group(s) still referenced: their backend "
+                       "threads outlive the job")
     del groups  # the last references: each backend is destroyed here and joins its threads
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Callable, Optional
 
 import torch
 
-from fusionrec.errors import rank_prefix
+from fusionrec.errors import print_line, rank_prefix
 from fusionrec.pipeline.distributed import all_reduce, all_reduce_async
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -122,11 +121,7 @@ class ParentWatch:
 
 
 def _agent_gone(parent: int) -> None:
-    print(
-        f"error: {rank_prefix()}the torchrun agent (pid {parent}) is gone; stopping without saving",
-        file=sys.stderr,
-        flush=True,
-    )
+    print_line(f"error: {rank_prefix()}the torchrun agent (pid {parent}) is gone; stopping without saving")
     # Immediately, from this thread: the main thread may be inside a collective that waits for
     # ranks that are gone. Nothing is lost that a clean exit would keep: an unpublished save
     # stays a .tmp- directory (docs/reliability.md).
