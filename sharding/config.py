@@ -38,7 +38,7 @@ class ShardingConfig:
     ``uniform``, one sharding type for every table, so each collection needs one input and one
     output dist per step; ``mixed``, TorchRec's default proposers, each table its own type;
     ``auto``, uniform on CPU ranks, where every extra dist is a fixed cost per step
-    (benchmarks/results/throughput.md), unless the constraints or the memory leave no uniform
+    (benchmarks/results/fixed_cost.md), unless the constraints or the memory leave no uniform
     plan, and mixed on GPUs, where TorchRec's cost model is calibrated.
     """
 

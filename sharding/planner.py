@@ -96,11 +96,11 @@ class StagedProposer(Proposer):
     among them) and the next stage is tried only when none of them could be placed (no
     proposal at all, e.g. the constraints exclude it, or none that fits the memory).
 
-    ``stages``: each makes its proposers for the search space. The planner calls ``load`` once,
+    ``stages``: each makes a stage's fresh proposers. The planner calls ``load`` once,
     then ``propose`` / ``feedback`` until ``propose`` returns None; this proposer hands those
     calls to the proposer whose turn it is."""
 
-    def __init__(self, stages: list[Callable[[list[ShardingOption]], list[Proposer]]]) -> None:
+    def __init__(self, stages: list[Callable[[], list[Proposer]]]) -> None:
         self._stages = stages
         self._proposers: list[Proposer] = []
         self._stage = self._turn = 0
@@ -114,7 +114,7 @@ class StagedProposer(Proposer):
 
     def _start_stage(self, stage: int) -> None:
         self._stage, self._turn, self._placed = stage, 0, False
-        self._proposers = self._stages[stage](self._search_space)
+        self._proposers = self._stages[stage]()
         for proposer in self._proposers:
             proposer.load(search_space=self._search_space, enumerator=self._enumerator)
 
@@ -153,6 +153,8 @@ class UniformOfTypes(UniformProposer):
 
     def load(self, search_space: list[ShardingOption], enumerator: Enumerator | None = None) -> None:
         super().load(search_space, enumerator)
+        # The parent's list of per-type plans (torchrec 1.8, pinned; tests/test_proposals.py
+        # fails if its shape changes).
         self._grouped_sharding_options = [
             group for group in self._grouped_sharding_options if group[0].sharding_type in self._types
         ]
@@ -166,15 +168,15 @@ def make_proposers(proposals: str, device_type: str) -> list[Proposer]:
     these have the least work per step around the lookups: one all-to-all each way per
     collection, or none, where row- and column-wise plans add bucketing, reduce-scatters and
     more dists, which TorchRec's GPU-calibrated cost model prices as nearly free;
-    benchmarks/results/throughput.md); then every table on any one type; then TorchRec's
+    benchmarks/results/fixed_cost.md); then every table on any one type; then TorchRec's
     default proposers. On GPUs ``auto`` is TorchRec's default."""
     if proposals == "uniform":
         return [UniformProposer()]
     if proposals == "auto" and device_type == "cpu":
         return [StagedProposer([
-            lambda _: [UniformOfTypes([ShardingType.TABLE_WISE.value, ShardingType.DATA_PARALLEL.value])],
-            lambda _: [UniformProposer()],
-            lambda _: torchrec_default_proposers()[:-1],  # its UniformProposer ran in the stage before
+            lambda: [UniformOfTypes([ShardingType.TABLE_WISE.value, ShardingType.DATA_PARALLEL.value])],
+            lambda: [UniformProposer()],
+            lambda: torchrec_default_proposers()[:-1],  # its UniformProposer ran in the stage before
         ])]  # fmt: skip
     return torchrec_default_proposers()
 
