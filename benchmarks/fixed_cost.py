@@ -28,10 +28,10 @@ if str(REPO) not in sys.path:
 
 from benchmarks import throughput  # noqa: E402
 from benchmarks.runinfo import run_info  # noqa: E402
+from fusionrec.pipeline.config import load_config  # noqa: E402
 
 TINY, CENSUS = "configs/bench_tiny.yaml", "configs/census.yaml"
-CENSUS_TABLES = [line.split("name:")[1].split(",")[0].strip()
-                 for line in (REPO / CENSUS).read_text().splitlines() if "num_embeddings" in line]  # fmt: skip
+CENSUS_TABLES = [t.name for t in load_config(REPO / CENSUS).features.tables]
 UNPINNED = "sharding.constraints={}"
 #: label → (config, --set overrides)
 VARIANTS = {
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(VARIANTS)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in throughput.rotated(names, r):
             load = round(os.getloadavg()[0], 2)
             config, sets = VARIANTS[name]
             res = throughput.run_fusionrec(

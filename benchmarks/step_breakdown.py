@@ -85,6 +85,15 @@ def kind_of(name: str) -> str:
     return "other ops"
 
 
+def phase_of(name: str) -> str | None:
+    """The phase of a profiler range named ``name``: the first of :data:`PHASES` one of whose
+    prefixes it starts with (None: not a phase range)."""
+    for phase, prefixes in PHASES:
+        if any(name.startswith(p) for p in prefixes):
+            return phase
+    return None
+
+
 def account(events, steps: int, step_wall_ms: float) -> dict:
     """ms per step of each (phase, kind) on the thread that ran the steps.
 
@@ -101,7 +110,7 @@ def account(events, steps: int, step_wall_ms: float) -> dict:
     evs = list(events)
     main = next((e.thread for e in evs if e.name.startswith("## forward")), None)
     evs = [e for e in evs if e.thread == main]
-    phased = [(e, throughput.phase_of(e.name, PHASES)) for e in evs]
+    phased = [(e, phase_of(e.name)) for e in evs]
     ranges = sorted((e.time_range.start, e.time_range.end, phase) for e, phase in phased if phase)
     top, last_end = [], -1
     for start, end, phase in ranges:
@@ -138,7 +147,7 @@ def run_config(name: str, warmup: int, steps: int, profile_steps: int, extra: li
     sets = [f"data.train={throughput.ensure_data(name, cfg_path)}", *extra]
     load = load_average()
     fr = throughput.run_fusionrec(name, cfg_path, sets, warmup, steps, 2, profile_steps=profile_steps, mallopt=True,
-                                  tag="_breakdown", worker_flags=("--profile-all-ranks",))  # fmt: skip
+                                  tag="_breakdown")  # fmt: skip
     batch = fr["global_batch"]
     base = throughput.run_baseline(name, cfg_path, sets, batch, warmup, steps, 1)
     return {"config": cfg_path, "load_at_start": load, "global_batch": batch, "fusionrec": fr, "plain_1thread": base}
@@ -151,18 +160,13 @@ LEVERS = {
 }
 
 
-def rotated(items: list[str], r: int) -> list[str]:
-    """Round ``r``'s order: each item goes first once every len(items) rounds."""
-    return items[r % len(items) :] + items[: r % len(items)]
-
-
 def run_levers(name: str, rounds: int, warmup: int, steps: int, extra: list[str]) -> dict:
     """Each lever once per round, the order rotated between rounds; un-profiled step time and CPU."""
     cfg_path = throughput.CONFIGS[name]
     sets = [f"data.train={throughput.ensure_data(name, cfg_path)}", *extra]
     out: dict[str, list] = {lever: [] for lever in LEVERS}
     for r in range(rounds):
-        for lever in rotated(list(LEVERS), r):
+        for lever in throughput.rotated(list(LEVERS), r):
             extra, flags = LEVERS[lever]
             load = load_average()[0]
             res = throughput.run_fusionrec(name, cfg_path, sets + extra, warmup, steps, 2, mallopt=True, tag="_lever",
@@ -180,7 +184,7 @@ def run_single_process(name: str, rounds: int, warmup: int, steps: int, extra: l
     runs: dict[str, list] = {"fusionrec, 1 rank x 2 threads": [], "plain trainer, 2 threads": []}
     batch = None
     for r in range(rounds):
-        for arm in rotated(list(runs), r):
+        for arm in throughput.rotated(list(runs), r):
             load = load_average()[0]
             if arm.startswith("fusionrec"):
                 res = throughput.run_fusionrec(name, cfg_path, sets, warmup, steps, 1, mallopt=True, tag="_1rank", threads=2)

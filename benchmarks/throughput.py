@@ -54,91 +54,10 @@ CONFIGS = {"demo": "configs/demo.yaml", "large": "configs/bench_large.yaml", "ti
 SYNTH_ROWS = {"demo": 200_000, "large": 250_000}
 DATA_OF = {"demo": "demo", "large": "large", "tiny": "demo"}  # the tiny config reads the demo's logs
 
-# --------------------------------------------------------------------------- phases
-# Top-level ``record_function`` ranges of one TrainPipelineSparseDist.progress call (torchrec
-# 1.8, train_pipelines.py) and of the Trainer loop around it (``## fusionrec:* ##``, labelled
-# in pipeline/train.py), mapped to step phases.
-PHASES = [
-    ("data", ("## next_batch", "## copy_batch_to_gpu", "## load_batch")),
-    ("input_dist", ("## start_sparse_data_dist", "## wait_sparse_data_dist", "## wait_for_batch")),
-    ("forward", ("## forward",)),
-    ("backward", ("## backward",)),
-    ("optimizer", ("## optimizer", "## zero_grad")),
-    ("metrics+loss window", ("## fusionrec:metrics_update", "## fusionrec:loss_window")),
-    ("logging (every log_every steps)", ("## fusionrec:log",)),
-    ("stop check", ("## fusionrec:stop_check",)),
-]
-
-
-def phase_of(name: str, phases: list[tuple[str, tuple[str, ...]]] = PHASES) -> str | None:
-    """The phase of a profiler range named ``name``: the first of ``phases`` one of whose
-    prefixes it starts with (None: not a phase range)."""
-    for phase, prefixes in phases:
-        if any(name.startswith(p) for p in prefixes):
-            return phase
-    return None
-
-
-def breakdown(events, steps: int, step_wall_ms: float) -> dict:
-    """Per-step ms of each phase from the profiler's record_function ranges.
-
-    A range counts for its phase only when no enclosing range already counted (so a
-    ``## forward ##`` inside nothing counts once, nested ranges are not double counted).
-    The rest of the step's wall time is ``other`` (Python glue of the pipeline and trainer,
-    scheduler, progress bookkeeping). Communication ops (gloo all_to_all / all_reduce /
-    all_gather, awaited waits) are also summed inside each phase as ``comm_in``.
-    """
-    ranges = []  # (start_us, end_us, phase)
-    comm = []  # (start_us, end_us)
-    for e in events:
-        name = e.name
-        start = e.time_range.start
-        end = e.time_range.end
-        ph = phase_of(name)
-        if ph is not None:
-            ranges.append((start, end, ph))
-        elif any(
-            k in name
-            for k in (
-                "all_to_all",
-                "alltoall",
-                "all_reduce",
-                "allreduce",
-                "all_gather",
-                "allgather",
-                "c10d::",
-                "wait_tensor",
-                "gloo",
-            )
-        ):
-            comm.append((start, end))
-    ranges.sort()
-    top = []
-    last_end = -1
-    for s, e, ph in ranges:
-        if s >= last_end:
-            top.append((s, e, ph))
-            last_end = e
-    totals: dict[str, float] = defaultdict(float)
-    comm_in: dict[str, float] = defaultdict(float)
-    for s, e, ph in top:
-        totals[ph] += (e - s) / 1000.0
-    comm.sort()
-    # Outermost comm ranges only, attributed to the top-level phase containing them.
-    last_end = -1
-    for s, e in comm:
-        if s < last_end:
-            continue
-        last_end = e
-        for ts, te, ph in top:
-            if ts <= s and e <= te:
-                comm_in[ph] += (e - s) / 1000.0
-                break
-    out = {ph: round(totals.get(ph, 0.0) / steps, 2) for ph, _ in PHASES}
-    out["other"] = round(step_wall_ms - sum(out.values()), 2)
-    out["step_wall"] = round(step_wall_ms, 2)
-    out["comm_inside"] = {ph: round(v / steps, 2) for ph, v in comm_in.items()}
-    return out
+# --------------------------------------------------------------------------- rounds
+def rotated(items: list[str], r: int) -> list[str]:
+    """Round ``r``'s order: each item goes first once every len(items) rounds."""
+    return items[r % len(items) :] + items[: r % len(items)]
 
 
 def cpu_seconds() -> float:
@@ -158,8 +77,8 @@ def worker(args: argparse.Namespace) -> int:
     if args.mallopt:
         keep_freed_memory()
     quiet_third_party()
-    # --profile-all-ranks profiles after the timed steps, so the timing is of unprofiled steps.
-    total = args.warmup + args.steps + (args.profile_steps if args.profile_all_ranks else 0)
+    # --profile profiles after the timed steps, so the timing is of unprofiled steps.
+    total = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
     overrides = list(args.set or []) + [f"train.max_steps={total}", "checkpoint.every_n_steps=0"]
     cfg = load_job_config(args.config, overrides)
     with process_group(cfg.train.device, cfg.train.process_group_timeout_s) as info:
@@ -172,6 +91,8 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
     rank 0 writes ``args.out``. Nothing of the trainer outlives this call (``job.process_group``)."""
     import fusionrec.pipeline.train as train_mod
     import torch
+
+    from fusionrec.pipeline.logs import TRAIN_LOG, read_jsonl
 
     torch.set_num_threads(args.threads)
     if args.cold_cache:  # an empty inductor cache of this rank's own: compile times are cold ones
@@ -186,7 +107,7 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
     stamps: list[float] = []
     cpu_marks: list[float] = []
     prof_holder: dict = {}
-    profile_from = args.warmup + (args.steps if args.profile_all_ranks else 0)
+    profile_from = args.warmup + args.steps
     profile_to = profile_from + args.profile_steps
 
     base = train_mod.TrainPipelineSparseDist
@@ -202,7 +123,7 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
                 from fusionrec.pipeline.compiled import compile_stats
 
                 prof_holder["compile_at_warmup"] = compile_stats(self._model, info.device)
-            if args.profile and (info.rank == 0 or args.profile_all_ranks):
+            if args.profile:
                 if n == profile_from:
                     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
                     prof.__enter__()
@@ -232,7 +153,7 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
         mine = {"at_warmup": prof_holder.get("compile_at_warmup"), "at_end": compile_stats(trainer.model, info.device)}
         dist.all_gather_object(compiled_by_rank, mine)
     accounts = [None] * info.world_size
-    if args.profile_all_ranks:  # every rank's own step, phase by phase (benchmarks/step_breakdown.py)
+    if args.profile:  # every rank's own step, phase by phase (benchmarks/step_breakdown.py)
         from benchmarks.step_breakdown import account
 
         wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
@@ -269,19 +190,10 @@ def instrumented_run(args: argparse.Namespace, cfg, info) -> None:
         result["cpu_s_per_rank"] = every
         result["plan"] = {row["table"]: row["sharding_type"] for row in trainer.plan_rows}
         result["cpu_ms_per_1k_samples"] = 1e6 * sum(every) / (n * gb)
-        log = Path(args.run_dir) / "train_log.jsonl"
-        recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        recs = [r for r in recs if "samples_per_s" in r]
+        recs = [r for r in read_jsonl(Path(args.run_dir) / TRAIN_LOG) if "samples_per_s" in r]
         result["trainer_log_samples_per_s"] = [r["samples_per_s"] for r in recs if r["step"] > w]
-        if args.profile_all_ranks:
+        if args.profile:
             result["accounts_by_rank"] = accounts
-        if "prof" in prof_holder:
-            prof = prof_holder["prof"]
-            wall = 1000 * (prof_holder["t1"] - prof_holder["t0"]) / args.profile_steps
-            result["breakdown_ms_per_step"] = breakdown(prof.events(), args.profile_steps, wall)
-            result["profile_steps"] = args.profile_steps
-            result["profile_top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
-            prof.export_chrome_trace(str(Path(args.run_dir) / "trace_rank0.json"))
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
@@ -310,7 +222,6 @@ def run_fusionrec(
     steps: int,
     nproc: int,
     profile_steps: int = 0,
-    no_metrics: bool = False,
     tag: str = "",
     mallopt: bool = False,
     cold_cache: bool = False,
@@ -356,8 +267,6 @@ def run_fusionrec(
         cmd += ["--set", s]
     if profile_steps:
         cmd += ["--profile", "--profile-steps", str(profile_steps)]
-    if no_metrics:
-        cmd += ["--no-metrics"]
     if mallopt:
         cmd += ["--mallopt"]
     if cold_cache:
@@ -502,9 +411,8 @@ def summarise(name: str, arms: dict[str, Arm], runs: dict[str, list[dict]], roun
     (``nproc`` x the plain 1-thread trainer's samples/s), CPU time against the plain 1-thread
     trainer's, and (tiny) the fixed cost per step."""
     med = lambda xs: round(statistics.median(xs), 4 if max(map(abs, xs)) < 10 else 1)  # noqa: E731
-    base1 = [r["baseline_1thread"] for r in runs_of(runs, rounds)]
-    best = [max(r["baseline_2thread"]["samples_per_s"], r["baseline_1thread"]["samples_per_s"])
-            for r in runs_of(runs, rounds)]  # fmt: skip
+    base1 = runs["baseline_1thread"]
+    best = [max(b2["samples_per_s"], b1["samples_per_s"]) for b2, b1 in zip(runs["baseline_2thread"], base1)]
     out = {
         "baseline_2thread_samples_per_s": med([x["samples_per_s"] for x in runs["baseline_2thread"]]),
         "baseline_1thread_samples_per_s": med([x["samples_per_s"] for x in runs["baseline_1thread"]]),
@@ -558,11 +466,6 @@ def summarise(name: str, arms: dict[str, Arm], runs: dict[str, list[dict]], roun
     return out
 
 
-def runs_of(runs: dict[str, list[dict]], rounds: list[dict]) -> list[dict[str, dict]]:
-    """Round i's result of every arm."""
-    return [{who: runs[who][i] for who in runs} for i in range(len(rounds))]
-
-
 #: extra rows: a config of CONFIGS run with more settings (both arms), and its own step counts
 VARIANT_CONFIGS = {"demo_b2048": ("demo", ["data.batch_size=2048"])}
 
@@ -594,7 +497,7 @@ def driver(args: argparse.Namespace) -> int:
         runs: dict[str, list[dict]] = defaultdict(list)
         rounds = []
         for r in range(args.repeats):
-            order = names[r % len(names):] + names[: r % len(names)]  # each arm goes first in turn
+            order = rotated(names, r)
             load = {}
             for who in order:
                 arm = arms[who]
@@ -734,10 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir")
     p.add_argument("--out")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--profile", action="store_true")
-    p.add_argument("--no-metrics", action="store_true")
-    p.add_argument("--profile-all-ranks", action="store_true",
-                   help="worker: profile every rank and account for its step (benchmarks/step_breakdown.py)")
+    p.add_argument("--profile", action="store_true",
+                   help="worker: profile every rank after the timed steps and account for its step "
+                        "(benchmarks/step_breakdown.py)")
+    p.add_argument("--no-metrics", action="store_true", help="worker: torchrec.metrics updates switched off (a lever)")
     p.add_argument("--mallopt", action="store_true", help="worker: call job.keep_freed_memory() first (the real trainer does)")
     p.add_argument("--cold-cache", action="store_true", help="worker: an empty inductor cache per rank (cold compiles)")
     p.add_argument("--tim-layers", action="store_true", help="worker: also compile DTRN's per-length TIM encoder layers")
