@@ -124,21 +124,14 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
     Every collective of fusionrec's own goes through here: a tensor that is not on
     :func:`group_device` (a host-side counter under NCCL) is staged there and copied back, so no
     caller can hand NCCL a CPU tensor."""
-    if is_multi_rank():
-        device = group_device()
-        if t.device == device:
-            dist.all_reduce(t, op=op)
-        else:
-            staged = t.to(device)
-            dist.all_reduce(staged, op=op)
-            t.copy_(staged)
-    return t
+    return all_reduce_async(t, op)()
 
 
 def all_reduce_async(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Callable[[], torch.Tensor]:
-    """Start :func:`all_reduce` of ``t`` without waiting for it; returns the wait, which gives
-    the reduced tensor (``t`` itself, or a copy back from the group's device). Every rank must
-    start the same collectives in the same order and call each wait before the group ends."""
+    """Start :func:`all_reduce` of ``t`` without waiting for it; returns the wait, which reduces
+    ``t`` in place (copied back from the group's device if it was staged there) and returns it.
+    Every rank must start the same collectives in the same order and call each wait before the
+    group ends."""
     if not is_multi_rank():
         return lambda: t
     device = group_device()
@@ -147,7 +140,7 @@ def all_reduce_async(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceO
 
     def wait() -> torch.Tensor:
         work.wait()
-        return staged if staged is t else t.copy_(staged)
+        return t if staged is t else t.copy_(staged)
 
     return wait
 

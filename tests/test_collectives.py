@@ -52,9 +52,14 @@ def test_all_reduce_stages_a_host_tensor_on_the_group_device(monkeypatch):
 
     seen = []
 
-    def fake_all_reduce(t, op=None):
+    class Done:
+        def wait(self) -> None:
+            pass
+
+    def fake_all_reduce(t, op=None, async_op=False):  # dist.all_reduce's signature
         seen.append(t.device)
         t.mul_(2)  # what a 2-rank SUM of equal values gives
+        return Done() if async_op else None
 
     monkeypatch.setattr(distributed, "is_multi_rank", lambda: True)
     monkeypatch.setattr(distributed, "group_device", lambda: torch.device("meta"))
