@@ -14,7 +14,12 @@ from fusionrec.datasets.config import DataConfig, SyntheticConfig
 from fusionrec.datasets.schema import FeatureSchema, Schema, TaskConfig
 from fusionrec.typedconfig import ConfigError, blame_override, from_dict, load_yaml_with_overrides, to_dict
 from fusionrec.models.config import DTRNConfig, ModelConfig
-from fusionrec.sharding.config import ShardingConfig, ShardingTypeName
+from fusionrec.sharding.config import (
+    COLLISION_TABLE_TYPES,
+    SEQUENCE_TABLE_TYPES,
+    ShardingConfig,
+    ShardingTypeName,
+)
 
 
 @dataclass
@@ -236,17 +241,17 @@ class ExperimentConfig:
 
     def _check_a_type_for_every_table(self) -> None:
         """``sharding.proposals: uniform`` needs one sharding type that every table allows: by
-        its constraint, and by what TorchRec shards (collision-managed tables row_wise only,
-        sequence tables not data_parallel nor table_row_wise)."""
+        its constraint, and by what TorchRec shards (:data:`sharding.config.COLLISION_TABLE_TYPES`,
+        :data:`sharding.config.SEQUENCE_TABLE_TYPES`)."""
         every = list(get_args(ShardingTypeName))
         allowed = {}
         for table in (t.name for t in self.features.tables):
             constraint = self.sharding.constraints.get(table)
             types = list(constraint.sharding_types) if constraint is not None and constraint.sharding_types else every
             if table in self.features.collision_tables:
-                types = [t for t in types if t == "row_wise"]
+                types = [t for t in types if t in COLLISION_TABLE_TYPES]
             if table in self.features.sequence_tables:
-                types = [t for t in types if t not in ("data_parallel", "table_row_wise")]
+                types = [t for t in types if t in SEQUENCE_TABLE_TYPES]
             allowed[table] = types
         if not set.intersection(*(set(types) for types in allowed.values())):
             limits = "; ".join(f"{table}: {', '.join(types)}" for table, types in allowed.items() if types != every)

@@ -8,6 +8,11 @@ from typing import Literal, Optional
 ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"]
 KernelName = Literal["dense", "fused", "fused_uvm", "fused_uvm_caching"]
 ProposalsName = Literal["auto", "uniform", "mixed"]
+#: the sharding types TorchRec 1.8 gives a sequence table: its EmbeddingCollection sharder has no
+#: table_row_wise, and a data_parallel one fails in the forward (split_with_sizes)
+SEQUENCE_TABLE_TYPES = ("table_wise", "row_wise", "column_wise")
+#: the sharding type TorchRec gives a collision-managed table
+COLLISION_TABLE_TYPES = ("row_wise",)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torchrec.distributed.mc_embeddingbag import ManagedCollisionEmbeddingBagCol
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 
-from fusionrec.sharding.config import ShardingConfig
+from fusionrec.sharding.config import SEQUENCE_TABLE_TYPES, ShardingConfig
 
 GIB = 1024**3
 
@@ -238,12 +238,13 @@ class PooledTableSharder(EmbeddingBagCollectionSharder):
 
 
 class SequenceTableSharder(EmbeddingCollectionSharder):
-    """TorchRec's EmbeddingCollection sharder without data_parallel, which TorchRec 1.8's
-    sequence collection fails in the forward (split_with_sizes); a constraint asking for it is
-    refused at config load, and this keeps the planner from choosing it for a small table."""
+    """TorchRec's EmbeddingCollection sharder offering only :data:`SEQUENCE_TABLE_TYPES`: not
+    data_parallel, which TorchRec 1.8's sequence collection fails in the forward
+    (split_with_sizes); a constraint asking for it is refused at config load, and this keeps
+    the planner from choosing it for a small table."""
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
-        return [t for t in super().sharding_types(compute_device_type) if t != ShardingType.DATA_PARALLEL.value]
+        return [t for t in super().sharding_types(compute_device_type) if t in SEQUENCE_TABLE_TYPES]
 
 
 def default_sharders() -> list[ModuleSharder[nn.Module]]:
