@@ -4,7 +4,7 @@ calibration and CTR for binary tasks, MSE, RMSE and MAE for regression tasks, an
 ``update`` runs every step on device tensors (no host sync) and only keeps the step's
 tensors; the rec metrics take the kept rows in one update per chunk of about 1/16 of a rank's
 window (:data:`WINDOW_CHUNKS`), and at ``compute``. A chunk is one update of torchrec.metrics'
-Python (~1 ms per step on the CPU demo when every step was one) for many steps; what it costs
+Python (0.8 ms per step on the CPU demo when every step was one, see below) for many steps; what it costs
 is the window's edge, which moves by chunks instead of by batches: a window holds the last
 15/16 to all of ``metrics_window`` samples. ``compute`` is collective (every rank calls it at
 the same step) and returns plain floats keyed ``"<metric>/<task>/<window|lifetime>"`` plus
